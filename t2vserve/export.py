@@ -1,0 +1,98 @@
+"""Export a diffusers-format model into the model repository: ONNX graphs, tokenizer, geometry.
+
+    python export/export_onnx.py --tiny                 # build the tiny demo model, then export it
+    python export/export_onnx.py --weights DIR --preset modelscope
+
+Each graph is checked against its torch module with ONNX Runtime on fresh random inputs of a
+different size than the export example (so the dynamic axes are exercised too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .families import get_family
+from .onnx_export import compare_with_torch, export_graph
+from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
+from .spec import GEOMETRY_FILE, PRESETS, TIMESTEP, ModelGeometry
+
+log = logging.getLogger("t2vserve.export")
+
+DEFAULT_TINY_DIR = REPO_ROOT / "artifacts" / "tiny-unet3d"
+#: fp32 ONNX Runtime vs torch on random inputs: max abs difference allowed per graph.
+ONNX_TOLERANCE = 1e-4
+#: Entries that need the geometry file, and the one that needs the tokenizer.
+GEOMETRY_ENTRIES = ("preprocess", "scheduler")
+
+
+def check_inputs(graph, grow: int = 1) -> dict[str, torch.Tensor]:
+    """Random inputs like the graph's examples, each dynamic axis grown by ``grow`` step."""
+    inputs = {}
+    for name, example in graph.example_inputs.items():
+        shape = list(example.shape)
+        for axis, label in graph.dynamic_axes.get(name, {}).items():
+            shape[axis] += grow * (1 if label in ("batch", "frames") else 2)
+        if example.dtype == torch.int64:
+            inputs[name] = torch.randint(0, int(example.max()) + 1, shape)
+        elif name == TIMESTEP:
+            inputs[name] = torch.randint(0, 1000, shape).float()
+        else:
+            inputs[name] = torch.randn(shape)
+    return inputs
+
+
+def export_model(model_dir: Path, repository: Path, preset: str, family: str = "unet3d", check: bool = True) -> ModelGeometry:
+    """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata."""
+    fam = get_family(family)
+    start = time.perf_counter()
+    components = fam.load_components(model_dir)
+    geometry = fam.geometry(components, preset)
+    log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
+    for graph in fam.engine_graphs(components, geometry):
+        path = export_graph(graph, repository / graph.name / "1" / "model.onnx")
+        if check:
+            error = compare_with_torch(graph, path, check_inputs(graph))
+            log.info("checked %s: max |onnxruntime - torch| = %.2e", graph.name, error)
+            if error > ONNX_TOLERANCE:
+                raise RuntimeError(f"{graph.name}: ONNX differs from torch by {error:.2e} > {ONNX_TOLERANCE}")
+    tokenizer_dir = repository / "preprocess" / "1" / "tokenizer"
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)
+    components.tokenizer.save_pretrained(str(tokenizer_dir))
+    for entry in GEOMETRY_ENTRIES:
+        (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
+    log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
+    return geometry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a text-to-video model into the Triton model repository")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, help="local diffusers-format directory (TextToVideoSDPipeline layout)")
+    source.add_argument("--tiny", action="store_true", help="build (if needed) and export the tiny random demo model")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: tiny with --tiny, else modelscope")
+    parser.add_argument("--family", default="unet3d")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR)
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.tiny:
+        if not (args.tiny_dir / "model_index.json").exists():
+            get_family(args.family).build_tiny_model(args.tiny_dir)
+            log.info("built the tiny %s model in %s", args.family, args.tiny_dir)
+        model_dir, preset = args.tiny_dir, args.preset or "tiny"
+    else:
+        model_dir, preset = args.weights, args.preset or "modelscope"
+    export_model(model_dir, args.repository, preset, args.family, check=not args.no_check)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

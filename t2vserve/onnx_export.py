@@ -1,0 +1,79 @@
+"""torch -> ONNX for the engine slots, with onnx-graphsurgeon cleanup and an ONNX Runtime check."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .families.base import EngineGraph
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+#: Protobuf's hard limit: larger models keep their weights in an external data file.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 1
+
+
+def export_graph(graph: EngineGraph, path: Path, opset: int = OPSET) -> Path:
+    """Export ``graph`` to ``path``: trace, fold constants, clean up, save (external data when > 2 GB)."""
+    import onnx_graphsurgeon as gs
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_suffix(".raw.onnx")
+    start = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph.module.eval(),
+            tuple(graph.example_inputs.values()),
+            str(raw),
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_axes=graph.dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(raw))
+    weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
+    gs_graph = gs.import_onnx(model)
+    gs_graph.fold_constants().cleanup().toposort()
+    model = gs.export_onnx(gs_graph)
+    _remove_onnx(raw)
+    _remove_onnx(path)
+    large = weights_bytes > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
+    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s", graph.name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start)
+    return path
+
+
+def _remove_onnx(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + ".data")):
+        candidate.unlink(missing_ok=True)
+
+
+def onnxruntime_session(path: Path, threads: int = 0):
+    """A CPU ONNX Runtime session for ``path`` (threads 0: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_with_torch(graph: EngineGraph, path: Path, inputs: dict[str, torch.Tensor]) -> float:
+    """Max abs difference between ONNX Runtime and the torch module on ``inputs``."""
+    session = onnxruntime_session(path)
+    with torch.no_grad():
+        expected = graph.module(*inputs.values()).numpy()
+    (actual,) = session.run(graph.output_names, {k: v.numpy() for k, v in inputs.items()})
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{graph.name}: ONNX shape {actual.shape} != torch shape {expected.shape}")
+    return float(np.max(np.abs(actual - expected)))

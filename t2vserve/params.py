@@ -1,0 +1,122 @@
+"""Validate and default the request parameters of the ensemble (used by ``preprocess``).
+
+Every failure is a ``ParameterError`` naming the parameter and its allowed range; the Triton model
+turns it into an INVALID_ARG response.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .spec import PARAMETERS, PROMPT_MAX_CHARS, ModelGeometry, Range
+
+
+class ParameterError(ValueError):
+    """A request parameter is missing, malformed or out of range."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A validated request with defaults filled in."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    height: int
+    width: int
+    num_frames: int
+    fps: int
+
+    def numeric(self) -> dict[str, Any]:
+        """Resolved numeric parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
+        return {
+            "STEPS": self.steps,
+            "GUIDANCE_SCALE": self.guidance_scale,
+            "SEED": self.seed,
+            "HEIGHT": self.height,
+            "WIDTH": self.width,
+            "NUM_FRAMES": self.num_frames,
+            "FPS": self.fps,
+        }
+
+
+def _single(name: str, value: np.ndarray) -> Any:
+    if value.size != 1:
+        raise ParameterError(name, f"expected exactly one value, got shape {list(value.shape)}")
+    return value.reshape(-1)[0]
+
+
+def _text(name: str, value: np.ndarray | None, required: bool) -> str:
+    if value is None:
+        if required:
+            raise ParameterError(name, "is required")
+        return ""
+    raw = _single(name, value)
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParameterError(name, f"must be valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if required and not text.strip():
+        raise ParameterError(name, f"must not be empty; allowed 1..{PROMPT_MAX_CHARS} characters")
+    if len(text) > PROMPT_MAX_CHARS:
+        raise ParameterError(name, f"is {len(text)} characters; allowed at most {PROMPT_MAX_CHARS}")
+    return text
+
+
+def _number(name: str, value: np.ndarray | None, default: Any, allowed: Range, cast: Callable[[Any], Any]) -> Any:
+    if value is None:
+        return default
+    raw = _single(name, value)
+    number = cast(raw)
+    if not np.isfinite(number) or not allowed.contains(number):
+        raise ParameterError(name, f"{number!r} is out of range; allowed {allowed.describe()}")
+    return number
+
+
+def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> ResolvedRequest:
+    """Validate raw input arrays (missing optional inputs are None) against the model's ranges."""
+    unknown = set(inputs) - {p.name for p in PARAMETERS}
+    if unknown:
+        raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
+    ranges, defaults = geometry.ranges(), geometry.defaults()
+    seed = inputs.get("SEED")
+    return ResolvedRequest(
+        prompt=_text("PROMPT", inputs.get("PROMPT"), required=True),
+        negative_prompt=_text("NEGATIVE_PROMPT", inputs.get("NEGATIVE_PROMPT"), required=False),
+        steps=_number("STEPS", inputs.get("STEPS"), defaults["STEPS"], ranges["STEPS"], int),
+        guidance_scale=_number("GUIDANCE_SCALE", inputs.get("GUIDANCE_SCALE"), defaults["GUIDANCE_SCALE"], ranges["GUIDANCE_SCALE"], float),
+        seed=_number("SEED", seed, None, ranges["SEED"], int) if seed is not None else secrets.randbelow(2**63),
+        height=_number("HEIGHT", inputs.get("HEIGHT"), defaults["HEIGHT"], ranges["HEIGHT"], int),
+        width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
+        num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
+        fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
+    )
+
+
+def tokenize_pair(tokenizer: Any, prompt: str, negative_prompt: str, max_length: int) -> np.ndarray:
+    """INPUT_IDS [2, max_length]: the negative prompt first, then the prompt (diffusers' CFG order).
+
+    A prompt that does not fit the text encoder is refused rather than silently truncated.
+    """
+    rows = []
+    for name, text in (("NEGATIVE_PROMPT", negative_prompt), ("PROMPT", prompt)):
+        ids = tokenizer(text, padding="max_length", max_length=max_length, truncation=False).input_ids
+        if len(ids) > max_length:
+            raise ParameterError(
+                name, f"is {len(ids) - 2} tokens long; allowed at most {max_length - 2} tokens for this text encoder"
+            )
+        rows.append(ids)
+    return np.asarray(rows, dtype=np.int64)

@@ -1,0 +1,181 @@
+"""Start the real ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel (embedded default).
+
+On a GPU host the NGC container runs ``tritonserver`` directly (see docker-compose.yml); on a machine
+without Docker the same model repository runs on the binary from the wheel, with the Python backend
+stub matching the running interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+#: Runner names accepted by ``--runner``: the ``configs/<name>.pbtxt`` Triton picks with
+#: ``--model-config-name``; ``tensorrt`` uses each entry's default ``config.pbtxt``.
+RUNNER_CONFIG_NAMES = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorrt": None}
+
+
+def _pytriton_root() -> Path:
+    import pytriton  # the nvidia-pytriton wheel
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def free_port() -> int:
+    """An unused TCP port on localhost."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _backend_dir(root: Path) -> Path:
+    """A backend directory holding the Python backend and the stub for this interpreter."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+    backend_dir = Path(tempfile.mkdtemp(prefix="t2vserve-backends-"))
+    python_dir = backend_dir / "python"
+    shutil.copytree(root / "backends" / "python", python_dir)
+    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    return backend_dir
+
+
+@dataclass
+class EmbeddedTritonServer:
+    """A ``tritonserver`` process on localhost; use as a context manager or call start()/stop()."""
+
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    runner: str = "onnxruntime"
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    verbose: bool = False
+    process: subprocess.Popen | None = None
+    _backend_dir: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        root = _pytriton_root()
+        if self._backend_dir is None:
+            self._backend_dir = _backend_dir(root)
+        cmd = [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self._backend_dir}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--exit-timeout-secs=5",
+            "--log-verbose=1" if self.verbose else "--log-verbose=0",
+            # The Python backend moves tensors through shared memory: start with room for a clip.
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--backend-config=python,shm-growth-byte-size=16777216",
+        ]
+        config_name = RUNNER_CONFIG_NAMES[self.runner]
+        if config_name:
+            cmd.append(f"--model-config-name={config_name}")
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        root = _pytriton_root()
+        env = dict(os.environ)
+        libdirs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
+        site = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), site, env.get("PYTHONPATH", "")])
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> "EmbeddedTritonServer":
+        if self.runner not in RUNNER_CONFIG_NAMES:
+            raise ValueError(f"runner must be one of {sorted(RUNNER_CONFIG_NAMES)}, got {self.runner!r}")
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+            if self.ready():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._backend_dir:
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            self._backend_dir = None
+
+    def __enter__(self) -> "EmbeddedTritonServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the model repository on the embedded tritonserver")
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--runner", choices=sorted(RUNNER_CONFIG_NAMES), default="onnxruntime")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log", type=Path, default=None, help="server log file (default: stdout)")
+    args = parser.parse_args(argv)
+    server = EmbeddedTritonServer(
+        args.model_repository, args.runner, args.http_port, args.grpc_port, args.metrics_port, args.log
+    )
+    cmd = server.command()
+    print(" ".join(cmd), flush=True)
+    try:
+        return subprocess.call(cmd, env=server.environment())
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

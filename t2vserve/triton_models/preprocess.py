@@ -1,0 +1,36 @@
+"""``preprocess``: validate and default the request parameters, tokenize prompt and negative prompt."""
+
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..params import resolve, tokenize_pair
+from ..spec import GEOMETRY_FILE, INPUT_IDS, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
+from .common import error_response, optional_input, version_dir
+
+NUMPY_TYPES = {"TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        from transformers import CLIPTokenizer
+
+        directory = version_dir(args)
+        self.geometry = ModelGeometry.load(directory / GEOMETRY_FILE)
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(directory / "tokenizer"))
+
+    def execute(self, requests: list) -> list:
+        return [self._one(request) for request in requests]
+
+    def _one(self, request) -> "pb_utils.InferenceResponse":
+        try:
+            raw = {p.name: optional_input(request, p.name) for p in PARAMETERS}
+            resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry)
+            ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length)
+            outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
+            for name, value in resolved.numeric().items():
+                outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_TYPES[RESOLVED_PARAMETERS[name]])))
+            return pb_utils.InferenceResponse(outputs)
+        except Exception as exc:  # every failure becomes an error response; the model keeps serving
+            return error_response(exc)
