@@ -107,8 +107,10 @@ class EmbeddedTritonServer:
         env = dict(os.environ)
         libdirs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
-        site = sysconfig.get_paths()["purelib"]
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), site, env.get("PYTHONPATH", "")])
+        # The stub's embedded interpreter ignores PYTHONPATH and finds its prefix through the first python3
+        # on PATH: put this interpreter (a virtual environment's, typically) first so the stub sees the
+        # same packages, t2vserve included (installed, editable or not).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
         return env
 

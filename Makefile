@@ -1,0 +1,44 @@
+# t2vserve: `make demo` and `make test` are all a newcomer needs (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROMPT ?= a red panda eating bamboo in a misty forest, cinematic
+
+.PHONY: help install model demo test serve configs check-configs clean
+
+help:
+	@echo "make demo    build the tiny model, export it, serve it on tritonserver, write outputs/demo.mp4"
+	@echo "make test    run the test suite (starts real tritonserver instances)"
+	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
+	@echo "make model   build + export the tiny model into model_repository/"
+	@echo "make configs regenerate model_repository/*/config.pbtxt from t2vserve/spec.py"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/python export/export_onnx.py --tiny
+
+demo: $(STAMP)
+	$(BIN)/python -m t2vserve.demo --prompt "$(PROMPT)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+serve: model
+	$(BIN)/python -m t2vserve.server --runner onnxruntime
+
+configs: $(STAMP)
+	$(BIN)/python -m t2vserve.repository --write
+
+check-configs: $(STAMP)
+	$(BIN)/python -m t2vserve.repository --check
+
+clean:
+	rm -rf artifacts outputs model_repository/*/1/*.onnx model_repository/*/1/*.json model_repository/*/1/tokenizer
