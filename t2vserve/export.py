@@ -20,6 +20,7 @@ import torch
 
 from .families import get_family
 from .onnx_export import compare_with_torch, export_graph
+from .repository import write_repository
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .spec import GEOMETRY_FILE, PRESETS, TIMESTEP, ModelGeometry
 
@@ -52,6 +53,7 @@ def export_model(model_dir: Path, repository: Path, preset: str, family: str = "
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata."""
     fam = get_family(family)
     start = time.perf_counter()
+    write_repository(repository)  # configs and model.py files: a complete, servable repository
     components = fam.load_components(model_dir)
     geometry = fam.geometry(components, preset)
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))

@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny model, an exported repository, and one real tritonserver per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from t2vserve.client import T2VClient
+from t2vserve.export import export_model
+from t2vserve.families import unet3d
+from t2vserve.server import EmbeddedTritonServer
+from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return unet3d.build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-unet3d")
+
+
+@pytest.fixture(scope="session")
+def components(tiny_model_dir):
+    return unet3d.load_components(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def repository(tiny_model_dir, tmp_path_factory) -> Path:
+    """A model repository (generated configs, equal to the committed ones) with the tiny model exported."""
+    root = tmp_path_factory.mktemp("repo") / "model_repository"
+    export_model(tiny_model_dir, root, "tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def geometry(repository) -> ModelGeometry:
+    return ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with EmbeddedTritonServer(repository, log_path=log) as srv:
+        yield srv
+    if srv.process is not None and srv.process.returncode not in (0, None):
+        print(log.read_text()[-4000:])
+
+
+@pytest.fixture(scope="session", params=["grpc", "http"])
+def client(request, server):
+    url = server.grpc_url if request.param == "grpc" else server.http_url
+    with T2VClient(url, request.param) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def grpc_client(server):
+    with T2VClient(server.grpc_url, "grpc") as c:
+        yield c

@@ -1,0 +1,43 @@
+"""Export through the real loading path: a diffusers directory written by save_pretrained."""
+
+import pytest
+import torch
+from diffusers import TextToVideoSDPipeline
+
+from t2vserve.export import ONNX_TOLERANCE, check_inputs
+from t2vserve.export import main as export_main
+from t2vserve.families import unet3d
+from t2vserve.families.unet3d import CachedKVUNet
+from t2vserve.onnx_export import compare_with_torch
+from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
+
+
+def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None:
+    weights = tmp_path / "weights"
+    pipe = TextToVideoSDPipeline.from_pretrained(str(tiny_model_dir))
+    pipe.save_pretrained(str(weights))
+    repository = tmp_path / "repo"
+    assert export_main(["--weights", str(weights), "--preset", "tiny", "--repository", str(repository)]) == 0
+    for slot in ("text_encoder", "kv_projector", "unet", "vae_decoder"):
+        assert (repository / slot / "1" / "model.onnx").stat().st_size > 0
+    geometry = ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)
+    assert geometry.family == "unet3d" and geometry.preset == "tiny"
+    assert geometry.latent_channels == pipe.unet.config.in_channels
+    assert geometry.vae_scaling_factor == pytest.approx(pipe.vae.config.scaling_factor)
+    assert geometry.text_hidden_size == pipe.text_encoder.config.hidden_size
+    assert geometry.scheduler_config["beta_schedule"] == pipe.scheduler.config.beta_schedule
+    tokenizer_ids = pipe.tokenizer("a cat").input_ids
+    from transformers import CLIPTokenizer
+
+    exported = CLIPTokenizer.from_pretrained(str(repository / "preprocess" / "1" / "tokenizer"))
+    assert exported("a cat").input_ids == tokenizer_ids
+    # the exported UNet carries the saved weights: it matches the pipeline's own UNet on random inputs
+    unet_graph = next(g for g in unet3d.engine_graphs(unet3d.load_components(weights), geometry) if g.name == "unet")
+    unet_graph.module = CachedKVUNet(pipe.unet)
+    torch.manual_seed(0)
+    assert compare_with_torch(unet_graph, repository / "unet" / "1" / "model.onnx", check_inputs(unet_graph)) <= ONNX_TOLERANCE
+
+
+def test_export_refuses_a_directory_that_is_not_a_model(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a diffusers text-to-video directory"):
+        export_main(["--weights", str(tmp_path), "--repository", str(tmp_path / "repo")])

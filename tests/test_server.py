@@ -1,0 +1,127 @@
+"""Integration: a real tritonserver, real gRPC and HTTP requests through the t2v ensemble."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tritonclient.utils import InferenceServerException
+
+from t2vserve.client import GenerationRequest
+from t2vserve.spec import PRESETS
+from t2vserve.video import decode_mp4
+
+PROMPT = "a red panda eating bamboo in a misty forest"
+#: Served (ONNX Runtime, cached K/V) vs diffusers' TextToVideoSDPipeline (torch, text embeddings),
+#: both fp32 on the CPU, as uint8 frames: at most this many levels apart anywhere, and on average
+#: less than MEAN_LEVELS (rounding of nearly identical floats flips a few pixels by one level).
+MAX_LEVELS = 2
+MEAN_LEVELS = 0.05
+
+
+def test_generates_clip(client, geometry) -> None:
+    preset = PRESETS[geometry.preset]
+    result = client.generate(GenerationRequest(PROMPT, seed=1))
+    assert result.video.dtype == np.uint8
+    assert result.video.shape == (preset.num_frames, preset.height, preset.width, 3)
+    frames, fps = decode_mp4(result.mp4)
+    assert frames.shape == result.video.shape and fps == preset.fps
+    # H.264 (crf 18, 4:2:0 chroma) is lossy: compare luma, where noise-like frames stay within a few levels
+    assert np.abs(_luma(frames) - _luma(result.video)).mean() < 4
+    assert result.seed == 1
+
+
+def _luma(video: np.ndarray) -> np.ndarray:
+    return video.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def test_non_default_parameters_are_honoured(client, geometry) -> None:
+    m = geometry.pixel_multiple
+    preset = PRESETS[geometry.preset]
+    height, width = preset.height_range[0], preset.width_range[0] + m
+    request = GenerationRequest(
+        PROMPT, negative_prompt="blurry", steps=3, guidance_scale=3.0, seed=5, height=height, width=width, num_frames=3, fps=12
+    )
+    result = client.generate(request)
+    assert result.video.shape == (3, height, width, 3)
+    assert decode_mp4(result.mp4)[1] == 12
+
+
+def test_same_seed_same_frames_other_seed_other_frames(server, client, grpc_client) -> None:
+    first = client.generate(GenerationRequest(PROMPT, seed=123, steps=4))
+    again = grpc_client.generate(GenerationRequest(PROMPT, seed=123, steps=4))
+    other = client.generate(GenerationRequest(PROMPT, seed=124, steps=4))
+    np.testing.assert_array_equal(first.video, again.video)
+    assert np.abs(first.video.astype(int) - other.video.astype(int)).mean() > 1.0
+
+
+def test_omitted_seed_is_random_and_returned(grpc_client) -> None:
+    a = grpc_client.generate(GenerationRequest(PROMPT, steps=1))
+    b = grpc_client.generate(GenerationRequest(PROMPT, steps=1))
+    assert a.seed != b.seed
+    np.testing.assert_array_equal(grpc_client.generate(GenerationRequest(PROMPT, steps=1, seed=a.seed)).video, a.video)
+
+
+def test_served_clip_equals_diffusers_pipeline(grpc_client, tiny_model_dir, geometry) -> None:
+    """Independent reference: diffusers' own TextToVideoSDPipeline with DDIM, same weights and seed."""
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline
+
+    preset = PRESETS[geometry.preset]
+    pipe = TextToVideoSDPipeline.from_pretrained(str(tiny_model_dir))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    seed, steps, guidance, negative = 7, 6, 6.0, "low quality"
+    reference = pipe(
+        PROMPT,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=preset.height,
+        width=preset.width,
+        num_frames=preset.num_frames,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+    ).frames[0]
+    expected = np.round(np.asarray(reference) * 255).astype(int)
+    served = grpc_client.generate(
+        GenerationRequest(PROMPT, negative_prompt=negative, steps=steps, guidance_scale=guidance, seed=seed)
+    ).video.astype(int)
+    assert served.shape == expected.shape
+    diff = np.abs(served - expected)
+    assert diff.max() <= MAX_LEVELS and diff.mean() < MEAN_LEVELS, (diff.max(), diff.mean())
+
+
+def _invalid_cases(geometry) -> list[tuple[str, dict, str]]:
+    preset, m = PRESETS[geometry.preset], geometry.pixel_multiple
+    return [
+        ("PROMPT", {"prompt": ""}, "must not be empty"),
+        ("PROMPT", {"prompt": "   "}, "must not be empty"),
+        ("PROMPT", {"prompt": b"\xff\xfe bad utf-8"}, "must be valid UTF-8"),
+        ("PROMPT", {"prompt": "x" * 2001}, "allowed at most 2000"),
+        ("PROMPT", {"prompt": " ".join(["zebra"] * 100)}, "allowed at most 75 tokens"),
+        ("NEGATIVE_PROMPT", {"negative_prompt": b"\xc3\x28"}, "must be valid UTF-8"),
+        ("STEPS", {"steps": 0}, "allowed [1, 100]"),
+        ("STEPS", {"steps": 101}, "allowed [1, 100]"),
+        ("GUIDANCE_SCALE", {"guidance_scale": 0.5}, "allowed [1, 30]"),
+        ("GUIDANCE_SCALE", {"guidance_scale": float("nan")}, "allowed [1, 30]"),
+        ("SEED", {"seed": -1}, "allowed [0, 9223372036854775807]"),
+        ("HEIGHT", {"height": preset.height_range[1] + m}, f"a multiple of {m}"),
+        ("HEIGHT", {"height": preset.height + 1}, f"a multiple of {m}"),
+        ("WIDTH", {"width": preset.width_range[0] - m}, f"a multiple of {m}"),
+        ("WIDTH", {"width": preset.width + m // 2}, f"a multiple of {m}"),
+        ("NUM_FRAMES", {"num_frames": 0}, f"allowed [{preset.frames_range[0]}, {preset.frames_range[1]}]"),
+        ("NUM_FRAMES", {"num_frames": preset.frames_range[1] + 1}, "allowed ["),
+        ("FPS", {"fps": 0}, "allowed [1, 60]"),
+        ("FPS", {"fps": 61}, "allowed [1, 60]"),
+    ]
+
+
+def test_invalid_parameters_get_invalid_arg_and_server_keeps_serving(client, geometry) -> None:
+    for name, overrides, message in _invalid_cases(geometry):
+        request = GenerationRequest(**{"prompt": PROMPT, "steps": 1, "seed": 0, **overrides})
+        with pytest.raises(InferenceServerException) as info:
+            client.generate(request)
+        status = str(info.value.status())
+        assert status in ("StatusCode.INVALID_ARGUMENT", "400"), (name, status, info.value.message())
+        assert f"{name}:" in info.value.message() and message in info.value.message(), info.value.message()
+    assert client.generate(GenerationRequest(PROMPT, steps=1, seed=0)).video.shape[0] == PRESETS[geometry.preset].num_frames
