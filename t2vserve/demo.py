@@ -7,12 +7,13 @@ in compute), so they are the server's numbers, not the client's guess.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
 from .client import GenerationRequest, T2VClient
-from .export import DEFAULT_TINY_DIR, export_model
+from .export import DEFAULT_TINY_DIR, export_model, quiet_libraries
 from .families import get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
 from .video import decode_mp4
@@ -41,15 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "demo.mp4")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR, help="where the tiny model is (built if absent)")
     args = parser.parse_args(argv)
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
-    if not (DEFAULT_TINY_DIR / "model_index.json").exists():
-        get_family("unet3d").build_tiny_model(DEFAULT_TINY_DIR)
+    quiet_libraries()
+    if (args.tiny_dir / "model_index.json").exists():
+        print(f"using the tiny model in {args.tiny_dir}")
+    else:
+        get_family("unet3d").build_tiny_model(args.tiny_dir)
     timings.append(("build tiny model", time.perf_counter() - start))
     start = time.perf_counter()
-    export_model(DEFAULT_TINY_DIR, args.repository, "tiny")
+    export_model(args.tiny_dir, args.repository, "tiny")
     timings.append(("export ONNX (4 graphs, checked)", time.perf_counter() - start))
 
     log_path = REPO_ROOT / "outputs" / "tritonserver.log"

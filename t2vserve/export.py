@@ -73,6 +73,17 @@ def export_model(model_dir: Path, repository: Path, preset: str, family: str = "
     return geometry
 
 
+def quiet_libraries() -> None:
+    """No per-file progress bars or deprecation chatter from diffusers/transformers in our logs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a text-to-video model into the Triton model repository")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -85,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_libraries()
     if args.tiny:
         if not (args.tiny_dir / "model_index.json").exists():
             get_family(args.family).build_tiny_model(args.tiny_dir)
