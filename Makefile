@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= a red panda eating bamboo in a misty forest, cinematic
 
-.PHONY: help install model demo test serve configs check-configs clean
+.PHONY: help install model demo test quality sweep serve configs check-configs clean
 
 help:
 	@echo "make demo    build the tiny model, export it, serve it on tritonserver, write outputs/demo.mp4"
 	@echo "make test    run the test suite (starts real tritonserver instances)"
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
+	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
 	@echo "make model   build + export the tiny model into model_repository/"
 	@echo "make configs regenerate model_repository/*/config.pbtxt from t2vserve/spec.py"
 
@@ -30,6 +31,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+quality: model
+	$(BIN)/python -m t2vserve.quality
+
+sweep: $(STAMP)
+	$(BIN)/python -m t2vserve.quantize sweep
 
 serve: model
 	$(BIN)/python -m t2vserve.server --runner onnxruntime

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import MP4, PARAMETERS, VIDEO
+from .spec import DEFAULT_PRECISION, MP4, PARAMETERS, UNET_TRACKS, VIDEO
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32}
@@ -36,6 +36,7 @@ class GenerationRequest:
     width: int | None = None
     num_frames: int | None = None
     fps: int | None = None
+    precision: str | None = None
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Input arrays by ensemble input name, only for the parameters that are set."""
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--fps", type=int, default=None)
+    parser.add_argument("--precision", choices=sorted(UNET_TRACKS), default=None, help=f"UNet track (server default: {DEFAULT_PRECISION})")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "demo.mp4")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--calibration-prompts", type=int, default=None, help="INT8 calibration prompts (default: all)")
     parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR, help="where the tiny model is (built if absent)")
     args = parser.parse_args(argv)
 
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         get_family("unet3d").build_tiny_model(args.tiny_dir)
     timings.append(("build tiny model", time.perf_counter() - start))
     start = time.perf_counter()
-    export_model(args.tiny_dir, args.repository, "tiny")
-    timings.append(("export ONNX (4 graphs, checked)", time.perf_counter() - start))
+    export_model(args.tiny_dir, args.repository, "tiny", calibration_prompts=args.calibration_prompts)
+    timings.append(("export ONNX + INT8 UNet", time.perf_counter() - start))
 
     log_path = REPO_ROOT / "outputs" / "tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import PARAMETERS, PROMPT_MAX_CHARS, ModelGeometry, Range
+from .spec import DEFAULT_PRECISION, PARAMETERS, PROMPT_MAX_CHARS, UNET_TRACKS, ModelGeometry, Range
 
 
 class ParameterError(ValueError):
@@ -36,9 +36,10 @@ class ResolvedRequest:
     width: int
     num_frames: int
     fps: int
+    precision: str = DEFAULT_PRECISION
 
-    def numeric(self) -> dict[str, Any]:
-        """Resolved numeric parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
+    def resolved(self) -> dict[str, Any]:
+        """Resolved parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
         return {
             "STEPS": self.steps,
             "GUIDANCE_SCALE": self.guidance_scale,
@@ -47,6 +48,7 @@ class ResolvedRequest:
             "WIDTH": self.width,
             "NUM_FRAMES": self.num_frames,
             "FPS": self.fps,
+            "PRECISION": self.precision,
         }
 
 
@@ -73,6 +75,15 @@ def _text(name: str, value: np.ndarray | None, required: bool) -> str:
         raise ParameterError(name, f"must not be empty; allowed 1..{PROMPT_MAX_CHARS} characters")
     if len(text) > PROMPT_MAX_CHARS:
         raise ParameterError(name, f"is {len(text)} characters; allowed at most {PROMPT_MAX_CHARS}")
+    return text
+
+
+def _choice(name: str, value: np.ndarray | None, default: str, allowed: tuple[str, ...]) -> str:
+    if value is None:
+        return default
+    text = _text(name, value, required=False)
+    if text not in allowed:
+        raise ParameterError(name, f"{text!r} is not allowed; allowed: {', '.join(allowed)}")
     return text
 
 
@@ -103,6 +114,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> Re
         width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
         num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
+        precision=_choice("PRECISION", inputs.get("PRECISION"), DEFAULT_PRECISION, tuple(UNET_TRACKS)),
     )
 
 

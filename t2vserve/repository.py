@@ -27,6 +27,7 @@ from .spec import (
     SAMPLE,
     TEXT_EMBEDS,
     TIMESTEP,
+    UNET_TRACKS,
     VIDEO,
 )
 
@@ -77,18 +78,20 @@ def render_config(
 
 RESOLVED = [TensorDef(f"RESOLVED_{n}", t, (1,)) for n, t in RESOLVED_PARAMETERS.items()]
 
+UNET_IO = (
+    [
+        TensorDef(SAMPLE, "TYPE_FP32", (-1, -1, -1, -1, -1)),
+        TensorDef(TIMESTEP, "TYPE_FP32", (-1,)),
+        TensorDef(KV, "TYPE_FP32", (-1, -1, -1)),
+    ],
+    [TensorDef(NOISE_PRED, "TYPE_FP32", (-1, -1, -1, -1, -1))],
+)
+
 #: Engine slots: inputs and outputs (batch dimension explicit, -1 where dynamic).
 ENGINE_IO: dict[str, tuple[list[TensorDef], list[TensorDef]]] = {
     "text_encoder": ([TensorDef(INPUT_IDS, "TYPE_INT64", (-1, -1))], [TensorDef(TEXT_EMBEDS, "TYPE_FP32", (-1, -1, -1))]),
     "kv_projector": ([TensorDef(TEXT_EMBEDS, "TYPE_FP32", (-1, -1, -1))], [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))]),
-    "unet": (
-        [
-            TensorDef(SAMPLE, "TYPE_FP32", (-1, -1, -1, -1, -1)),
-            TensorDef(TIMESTEP, "TYPE_FP32", (-1,)),
-            TensorDef(KV, "TYPE_FP32", (-1, -1, -1)),
-        ],
-        [TensorDef(NOISE_PRED, "TYPE_FP32", (-1, -1, -1, -1, -1))],
-    ),
+    **{entry: UNET_IO for entry in UNET_TRACKS.values()},
     "vae_decoder": ([TensorDef(LATENTS, "TYPE_FP32", (-1, -1, -1, -1))], [TensorDef(FRAMES, "TYPE_FP32", (-1, 3, -1, -1))]),
 }
 
@@ -142,7 +145,7 @@ def render_repository() -> dict[str, str]:
             "scheduler",
             [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))] + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
             [TensorDef(LATENTS, "TYPE_FP32", (-1, -1, -1, -1))],
-            {"unet_model": "unet", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
+            {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
         ),
         "postprocess": (
             "postprocess",

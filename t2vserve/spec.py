@@ -26,7 +26,12 @@ VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
 
 #: Engine slots: the repository entries that are TensorRT plans on GPU hosts and runner-backed elsewhere.
-ENGINE_SLOTS = ("text_encoder", "kv_projector", "unet", "vae_decoder")
+ENGINE_SLOTS = ("text_encoder", "kv_projector", "unet", "unet_int8", "vae_decoder")
+
+#: UNet tracks a request chooses with PRECISION -> the repository entry the scheduler calls.
+#: "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU hosts, FP32 under ONNX Runtime.
+UNET_TRACKS = {"int8": "unet_int8", "fp16": "unet"}
+DEFAULT_PRECISION = "int8"
 
 #: Largest batch the UNet slot accepts (CFG pairs of concurrent requests, see issue 5).
 UNET_MAX_BATCH = 8
@@ -109,6 +114,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("WIDTH", "TYPE_INT32", True, "frame width in pixels"),
     Parameter("NUM_FRAMES", "TYPE_INT32", True, "number of frames"),
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
+    Parameter("PRECISION", "TYPE_STRING", True, "UNet track: int8 (default) or fp16"),
 )
 
 #: Validated, defaulted parameters as they leave ``preprocess`` (name -> Triton dtype).
@@ -120,6 +126,7 @@ RESOLVED_PARAMETERS: dict[str, str] = {
     "WIDTH": "TYPE_INT32",
     "NUM_FRAMES": "TYPE_INT32",
     "FPS": "TYPE_INT32",
+    "PRECISION": "TYPE_STRING",
 }
 
 

@@ -13,6 +13,9 @@ from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
 
 
+TEST_CALIBRATION_PROMPTS = 2
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return unet3d.build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-unet3d")
@@ -27,7 +30,8 @@ def components(tiny_model_dir):
 def repository(tiny_model_dir, tmp_path_factory) -> Path:
     """A model repository (generated configs, equal to the committed ones) with the tiny model exported."""
     root = tmp_path_factory.mktemp("repo") / "model_repository"
-    export_model(tiny_model_dir, root, "tiny")
+    # Two of the eight calibration prompts keep the suite fast; `make quality` uses the full recipe.
+    export_model(tiny_model_dir, root, "tiny", calibration_prompts=TEST_CALIBRATION_PROMPTS)
     return root
 
 

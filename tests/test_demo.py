@@ -11,7 +11,8 @@ from t2vserve.video import decode_mp4
 def test_demo_writes_playable_mp4_and_prints_stage_timings(tiny_model_dir, tmp_path) -> None:
     out = tmp_path / "demo.mp4"
     done = subprocess.run(
-        [sys.executable, "-m", "t2vserve.demo", "--repository", str(tmp_path / "repo"), "--tiny-dir", str(tiny_model_dir), "--out", str(out), "--num-frames", "6"],
+        [sys.executable, "-m", "t2vserve.demo", "--repository", str(tmp_path / "repo"), "--tiny-dir", str(tiny_model_dir), "--out", str(out), "--num-frames", "6",
+         "--calibration-prompts", "1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

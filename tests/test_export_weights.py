@@ -17,7 +17,8 @@ def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None
     pipe = TextToVideoSDPipeline.from_pretrained(str(tiny_model_dir))
     pipe.save_pretrained(str(weights))
     repository = tmp_path / "repo"
-    assert export_main(["--weights", str(weights), "--preset", "tiny", "--repository", str(repository)]) == 0
+    assert export_main(["--weights", str(weights), "--preset", "tiny", "--repository", str(repository),
+                        "--calibration-prompts", "1"]) == 0
     for slot in ("text_encoder", "kv_projector", "unet", "vae_decoder"):
         assert (repository / slot / "1" / "model.onnx").stat().st_size > 0
     geometry = ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)

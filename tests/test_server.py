@@ -84,7 +84,7 @@ def test_served_clip_equals_diffusers_pipeline(grpc_client, tiny_model_dir, geom
     ).frames[0]
     expected = np.round(np.asarray(reference) * 255).astype(int)
     served = grpc_client.generate(
-        GenerationRequest(PROMPT, negative_prompt=negative, steps=steps, guidance_scale=guidance, seed=seed)
+        GenerationRequest(PROMPT, negative_prompt=negative, steps=steps, guidance_scale=guidance, seed=seed, precision="fp16")
     ).video.astype(int)
     assert served.shape == expected.shape
     diff = np.abs(served - expected)
@@ -113,6 +113,7 @@ def _invalid_cases(geometry) -> list[tuple[str, dict, str]]:
         ("NUM_FRAMES", {"num_frames": preset.frames_range[1] + 1}, "allowed ["),
         ("FPS", {"fps": 0}, "allowed [1, 60]"),
         ("FPS", {"fps": 61}, "allowed [1, 60]"),
+        ("PRECISION", {"precision": "fp8"}, "allowed: int8, fp16"),
     ]
 
 
@@ -125,3 +126,25 @@ def test_invalid_parameters_get_invalid_arg_and_server_keeps_serving(client, geo
         assert status in ("StatusCode.INVALID_ARGUMENT", "400"), (name, status, info.value.message())
         assert f"{name}:" in info.value.message() and message in info.value.message(), info.value.message()
     assert client.generate(GenerationRequest(PROMPT, steps=1, seed=0)).video.shape[0] == PRESETS[geometry.preset].num_frames
+
+
+def test_both_unet_tracks_through_the_server(client, server) -> None:
+    """PRECISION routes the scheduler's BLS calls: int8 (default) and fp16 are different UNet entries."""
+    import tritonclient.grpc as grpcclient
+
+    def unet_executions() -> dict[str, int]:
+        with grpcclient.InferenceServerClient(server.grpc_url) as stats_client:
+            stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
+        return {m["name"]: int(m.get("execution_count", 0)) for m in stats if m["name"] in ("unet", "unet_int8")}
+
+    before = unet_executions()
+    default = client.generate(GenerationRequest(PROMPT, seed=11, steps=3))
+    after_default = unet_executions()
+    int8 = client.generate(GenerationRequest(PROMPT, seed=11, steps=3, precision="int8"))
+    fp16 = client.generate(GenerationRequest(PROMPT, seed=11, steps=3, precision="fp16"))
+    after = unet_executions()
+    assert after_default["unet_int8"] - before["unet_int8"] == 3 and after_default["unet"] == before["unet"]
+    assert after["unet_int8"] - after_default["unet_int8"] == 3 and after["unet"] - after_default["unet"] == 3
+    np.testing.assert_array_equal(default.video, int8.video)
+    assert not np.array_equal(int8.video, fp16.video)  # quantized math differs ...
+    assert np.abs(int8.video.astype(int) - fp16.video.astype(int)).mean() < 8  # ... but stays close

@@ -200,6 +200,17 @@ class CachedKVAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+def _install_cached_kv(unet: nn.Module, layout: KVLayout) -> _KVHolder:
+    """Install the cached-K/V processors once per UNet; every wrapper of it shares one holder."""
+    holder = getattr(unet, "_t2v_kv_holder", None)
+    if holder is None:
+        holder = _KVHolder()
+        for (_, attn), layer in zip(cross_attention_modules(unet), layout.layers):
+            attn.set_processor(CachedKVAttnProcessor(holder, layer.offset, layer.inner_dim))
+        unet._t2v_kv_holder = holder
+    return holder
+
+
 class CachedKVUNet(nn.Module):
     """The UNet fed packed K/V: (sample, timestep[B], kv) -> noise prediction.
 
@@ -211,9 +222,7 @@ class CachedKVUNet(nn.Module):
         super().__init__()
         self.unet = unet
         self.layout = kv_layout(unet)
-        self.holder = _KVHolder()
-        for (name, attn), layer in zip(cross_attention_modules(unet), self.layout.layers):
-            attn.set_processor(CachedKVAttnProcessor(self.holder, layer.offset, layer.inner_dim))
+        self.holder = _install_cached_kv(unet, self.layout)
         self.cross_attention_dim = unet.config.cross_attention_dim
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:

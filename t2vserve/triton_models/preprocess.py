@@ -9,7 +9,7 @@ from ..params import resolve, tokenize_pair
 from ..spec import GEOMETRY_FILE, INPUT_IDS, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
 from .common import error_response, optional_input, version_dir
 
-NUMPY_TYPES = {"TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32}
+NUMPY_TYPES = {"TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}
 
 
 class TritonPythonModel:
@@ -29,7 +29,8 @@ class TritonPythonModel:
             resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry)
             ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length)
             outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
-            for name, value in resolved.numeric().items():
+            for name, value in resolved.resolved().items():
+                value = value.encode("utf-8") if isinstance(value, str) else value
                 outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_TYPES[RESOLVED_PARAMETERS[name]])))
             return pb_utils.InferenceResponse(outputs)
         except Exception as exc:  # every failure becomes an error response; the model keeps serving

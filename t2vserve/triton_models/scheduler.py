@@ -1,5 +1,7 @@
 """``scheduler``: the DDIM loop, calling the UNet through BLS with the request's packed K/V at every step.
 
+PRECISION picks the UNet entry (``spec.UNET_TRACKS``: int8 -> ``unet_int8``, fp16 -> ``unet``).
+
 The K/V tensor arrives once per request (from ``kv_projector``) and is passed unchanged to every
 UNet call. Latents are created on the K/V's device, so with a GPU runner the whole loop stays on
 the GPU (DLPack in and out of BLS, no host round trip per step).
@@ -13,8 +15,8 @@ import triton_python_backend_utils as pb_utils
 
 from ..ddim import DDIM
 from ..sampling import denoise, initial_latents, latents_to_frames_batch
-from ..spec import GEOMETRY_FILE, KV, LATENTS, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
-from .common import config_parameter, error_response, from_torch, infer, model_config, to_torch, version_dir
+from ..spec import GEOMETRY_FILE, KV, LATENTS, NOISE_PRED, SAMPLE, TIMESTEP, UNET_TRACKS, ModelGeometry
+from .common import error_response, from_torch, infer, to_torch, version_dir
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.geometry = ModelGeometry.load(version_dir(args) / GEOMETRY_FILE)
         self.ddim = DDIM(self.geometry.scheduler_config)
-        self.unet_model = config_parameter(model_config(args), "unet_model", "unet")
+
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -35,6 +37,7 @@ class TritonPythonModel:
         try:
             kv_tensor = pb_utils.get_input_tensor_by_name(request, KV)
             kv = to_torch(kv_tensor)
+            unet_model = UNET_TRACKS[self._scalar(request, "PRECISION").decode("utf-8")]
             steps = int(self._scalar(request, "STEPS"))
             guidance = float(self._scalar(request, "GUIDANCE_SCALE"))
             latents = initial_latents(
@@ -48,7 +51,7 @@ class TritonPythonModel:
 
             def unet(sample, timestep):
                 inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep), kv_tensor]
-                (noise,) = infer(self.unet_model, inputs, [NOISE_PRED])
+                (noise,) = infer(unet_model, inputs, [NOISE_PRED])
                 return to_torch(noise).to(sample.device)
 
             latents = denoise(unet, latents, steps, guidance, self.ddim)
