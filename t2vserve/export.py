@@ -24,7 +24,8 @@ from .onnx_export import compare_with_torch, export_graph
 from .repository import write_repository
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_unet, weight_bytes
-from .spec import GEOMETRY_FILE, PRESETS, TIMESTEP, UNET_TRACKS, ModelGeometry
+from .runners import SOURCE_FILE
+from .spec import ENGINE_SLOTS, GEOMETRY_FILE, PRESETS, TIMESTEP, UNET_TRACKS, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 
@@ -61,11 +62,14 @@ def export_model(
     check: bool = True,
     recipe: Recipe | None = None,
     calibration_prompts: int | None = None,
+    onnx: bool = True,
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
     The INT8 UNet (``unet_int8``) is quantized from the exported UNet with ``recipe`` (default:
     data/recipes/unet_int8.json), calibrated on the first ``calibration_prompts`` prompts (all: None).
+    ``onnx=False`` writes only configs and metadata: enough for the torch runner, which loads the
+    diffusers directory itself (``source.json`` in each engine slot).
     """
     fam = get_family(family)
     start = time.perf_counter()
@@ -73,6 +77,12 @@ def export_model(
     components = fam.load_components(model_dir)
     geometry = fam.geometry(components, preset)
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
+    for slot in ENGINE_SLOTS:
+        source = {"family": family, "model_dir": str(Path(model_dir).resolve()), "slot": slot}
+        (repository / slot / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+    if not onnx:
+        _write_serving_metadata(components, geometry, repository)
+        return geometry
     for graph in fam.engine_graphs(components, geometry):
         path = export_graph(graph, repository / graph.name / "1" / "model.onnx")
         if check:
@@ -81,13 +91,18 @@ def export_model(
             if error > ONNX_TOLERANCE:
                 raise RuntimeError(f"{graph.name}: ONNX differs from torch by {error:.2e} > {ONNX_TOLERANCE}")
     quantize_int8_unet(components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
+    _write_serving_metadata(components, geometry, repository)
+    log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
+    return geometry
+
+
+def _write_serving_metadata(components, geometry: ModelGeometry, repository: Path) -> None:
+    """Tokenizer for preprocess, geometry (presets, K/V layout, scheduler config) for preprocess/scheduler."""
     tokenizer_dir = repository / "preprocess" / "1" / "tokenizer"
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     components.tokenizer.save_pretrained(str(tokenizer_dir))
     for entry in GEOMETRY_ENTRIES:
         (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
-    log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
-    return geometry
 
 
 def quantize_int8_unet(components, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-recipe", type=Path, default=None, help="precision recipe JSON (default: the project's)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None, help="override the recipe's")
     parser.add_argument("--calibration-prompts", type=int, default=None, help="use only the first N calibration prompts")
+    parser.add_argument("--metadata-only", action="store_true", help="configs and metadata only (torch runner): no ONNX, no INT8")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe.load(args.int8_recipe) if args.int8_recipe else Recipe.load()
     if args.calibration_method:
         recipe = recipe.with_method(args.calibration_method)
-    export_model(model_dir, args.repository, preset, args.family, not args.no_check, recipe, args.calibration_prompts)
+    export_model(model_dir, args.repository, preset, args.family, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only)
     return 0
 
 

@@ -1,11 +1,15 @@
-"""Runners for the engine slots: execute one exported graph on named torch tensors.
+"""Runners for the engine slots: execute one slot's graph on named torch tensors.
 
-``onnxruntime`` runs ``model.onnx`` on the CPU (the embedded default). On GPU hosts the slots are
-TensorRT plans served by Triton's own TensorRT backend, so no runner is involved there.
+``onnxruntime`` runs ``model.onnx`` on the CPU (the embedded default). ``torch`` runs the family's
+torch module for the slot (the module the ONNX was exported from), loaded from the diffusers
+directory named in ``source.json``: on CUDA in bf16/fp16 where a GPU is present (the engine slot
+filled without TensorRT), else on the CPU in fp32. On GPU hosts with TensorRT the slots are plans
+served by Triton's own TensorRT backend, so no runner is involved there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +38,51 @@ class OnnxRuntimeRunner:
         return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in zip(self.output_names, outputs)}
 
 
-RUNNERS = {"onnxruntime": OnnxRuntimeRunner}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class TorchRunner:
+    """The slot's torch module on one device; float inputs are cast in, outputs are returned as fp32.
+
+    Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
+    bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
+    entries use ``default``: it pays on a compute-bound step, CUDA graphs do not).
+    The torch runner has no INT8 kernels: ``unet_int8`` runs the same module as ``unet`` here.
+    """
+
+    def __init__(self, version_dir: Path, config: dict[str, Any]) -> None:
+        from .families import get_family
+
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        device = params.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = params.get("dtype", "auto")
+        if dtype == "auto":
+            dtype = "bf16" if device == "cuda" else "fp32"
+        source = json.loads((Path(version_dir) / SOURCE_FILE).read_text())
+        family = get_family(source["family"])
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.module = family.load_slot_module(Path(source["model_dir"]), source["slot"], self.dtype, self.device)
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        mode = params.get("compile", "none")
+        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode)
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        args = []
+        for name in self.input_names:
+            tensor = inputs[name].to(self.device, non_blocking=True)
+            args.append(tensor.to(self.dtype) if tensor.is_floating_point() else tensor)
+        with torch.inference_mode():
+            output = self.forward(*args)
+        return {self.output_names[0]: output.float()}
+
+
+#: Written by export into every engine slot's version directory: where the torch runner loads from.
+SOURCE_FILE = "source.json"
+
+RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner}
 
 
 def make_runner(kind: str, version_dir: Path, config: dict[str, Any]) -> Runner:

@@ -33,8 +33,11 @@ ENGINE_SLOTS = ("text_encoder", "kv_projector", "unet", "unet_int8", "vae_decode
 UNET_TRACKS = {"int8": "unet_int8", "fp16": "unet"}
 DEFAULT_PRECISION = "int8"
 
-#: Largest batch the UNet slot accepts (CFG pairs of concurrent requests, see issue 5).
+#: Largest batch the UNet entries accept: Triton's dynamic batcher joins the CFG pairs (batch 2) of
+#: concurrent requests, so this is 4 requests' worth. Each request's pair stays together.
 UNET_MAX_BATCH = 8
+#: Scheduler (DDIM loop) instances: how many requests can be denoising at once, feeding the batcher.
+SCHEDULER_INSTANCES = 4
 
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000

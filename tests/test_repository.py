@@ -4,7 +4,7 @@ import re
 
 import onnx
 
-from t2vserve.repository import ENGINE_IO, ENSEMBLE_STEPS, RUNNER_CONFIGS, ensemble_inputs, render_repository, stale_files
+from t2vserve.repository import ENGINE_IO, ENSEMBLE_STEPS, RUNNER_PARAMETERS, ensemble_inputs, render_repository, stale_files
 from t2vserve.server import DEFAULT_MODEL_REPOSITORY
 from t2vserve.spec import ENGINE_SLOTS
 
@@ -17,7 +17,7 @@ def test_engine_slots_have_tensorrt_default_and_runner_configs() -> None:
     files = render_repository()
     for slot in ENGINE_SLOTS:
         assert 'platform: "tensorrt_plan"' in files[f"{slot}/config.pbtxt"]
-        for runner in RUNNER_CONFIGS:
+        for runner in RUNNER_PARAMETERS:
             text = files[f"{slot}/configs/{runner}.pbtxt"]
             assert 'backend: "python"' in text and f'string_value: "{runner}"' in text
 

@@ -258,6 +258,24 @@ class VaeDecoderGraph(nn.Module):
         return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
 
 
+def load_slot_module(model_dir: Path, slot: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The torch module of one engine slot, loaded from a diffusers directory (the torch runner)."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel
+
+    model_dir = Path(model_dir)
+    if slot == "text_encoder":
+        module: nn.Module = TextEncoderGraph(CLIPTextModel.from_pretrained(str(model_dir / "text_encoder"), torch_dtype=dtype))
+    elif slot in ("kv_projector", "unet", "unet_int8"):
+        unet = UNet3DConditionModel.from_pretrained(str(model_dir / "unet"), torch_dtype=dtype)
+        module = KVProjector(unet) if slot == "kv_projector" else CachedKVUNet(unet)
+    elif slot == "vae_decoder":
+        module = VaeDecoderGraph(AutoencoderKL.from_pretrained(str(model_dir / "vae"), torch_dtype=dtype))
+    else:
+        raise ValueError(f"unknown engine slot {slot!r}")
+    return module.to(device).eval()
+
+
 # --------------------------------------------------------------------------------------------------
 # Geometry and exported graphs
 # --------------------------------------------------------------------------------------------------

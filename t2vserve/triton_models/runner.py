@@ -1,11 +1,13 @@
-"""Engine slots (``text_encoder``, ``kv_projector``, ``unet``, ``vae_decoder``) run by a Python-backend runner.
+"""Engine slots (``text_encoder``, ``kv_projector``, ``unet``, ``unet_int8``, ``vae_decoder``) run by a runner.
 
 Used where TensorRT is absent: the entry's ``configs/<runner>.pbtxt`` selects this model with a
-``runner`` parameter, and the runner executes the artifact in the version directory.
+``runner`` parameter (``onnxruntime`` or ``torch``). Requests that Triton's dynamic batcher hands
+over together are concatenated along the batch dimension, run once and split again.
 """
 
 from __future__ import annotations
 
+import torch
 import triton_python_backend_utils as pb_utils
 
 from ..runners import make_runner
@@ -17,15 +19,39 @@ class TritonPythonModel:
         config = model_config(args)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        # inputs declared with a reshape (per-sample scalars sent as [batch, 1]) reach the graph as [batch]
+        self.reshapes = {t["name"]: [int(d) for d in t["reshape"].get("shape", [])] for t in config["input"] if "reshape" in t}
         self.runner = make_runner(config_parameter(config, "runner", "onnxruntime"), version_dir(args), config)
 
+    def _inputs(self, request) -> dict[str, torch.Tensor]:
+        inputs = {name: to_torch(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
+        for name, shape in self.reshapes.items():
+            inputs[name] = inputs[name].reshape(inputs[name].shape[0], *shape)
+        return inputs
+
     def execute(self, requests: list) -> list:
+        if self.batched and len(requests) > 1:
+            try:
+                return self._execute_batch(requests)
+            except Exception:  # a bad request must not fail its batch neighbours: fall back to one by one
+                pass
         responses = []
         for request in requests:
             try:
-                inputs = {name: to_torch(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
-                outputs = self.runner.run(inputs)
+                outputs = self.runner.run(self._inputs(request))
                 responses.append(pb_utils.InferenceResponse([from_torch(name, outputs[name]) for name in self.output_names]))
             except Exception as exc:
                 responses.append(error_response(exc))
         return responses
+
+    def _execute_batch(self, requests: list) -> list:
+        per_request = [self._inputs(request) for request in requests]
+        sizes = [inputs[self.input_names[0]].shape[0] for inputs in per_request]
+        joined = {name: torch.cat([inputs[name] for inputs in per_request]) for name in self.input_names}
+        outputs = self.runner.run(joined)
+        split = {name: torch.split(outputs[name], sizes) for name in self.output_names}
+        return [
+            pb_utils.InferenceResponse([from_torch(name, split[name][i]) for name in self.output_names])
+            for i in range(len(requests))
+        ]

@@ -9,22 +9,26 @@ the GPU (DLPack in and out of BLS, no host round trip per step).
 
 from __future__ import annotations
 
-import logging
-
 import triton_python_backend_utils as pb_utils
 
 from ..ddim import DDIM
 from ..sampling import denoise, initial_latents, latents_to_frames_batch
 from ..spec import GEOMETRY_FILE, KV, LATENTS, NOISE_PRED, SAMPLE, TIMESTEP, UNET_TRACKS, ModelGeometry
-from .common import error_response, from_torch, infer, to_torch, version_dir
+from .common import config_parameter, error_response, from_torch, infer, model_config, to_torch, version_dir
 
-log = logging.getLogger(__name__)
+def _assert_on(device_type: str, **tensors) -> None:
+    for name, tensor in tensors.items():
+        if tensor.device.type != device_type:
+            raise AssertionError(f"{name} is on {tensor.device}, expected {device_type}")
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.geometry = ModelGeometry.load(version_dir(args) / GEOMETRY_FILE)
         self.ddim = DDIM(self.geometry.scheduler_config)
+        # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
+        # UNet output live on that device type, i.e. nothing took a host round trip.
+        self.assert_device = config_parameter(model_config(args), "assert_device", "") or None
 
 
     def execute(self, requests: list) -> list:
@@ -50,9 +54,13 @@ class TritonPythonModel:
             )
 
             def unet(sample, timestep):
-                inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep), kv_tensor]
+                # the UNet entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
+                inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_tensor]
                 (noise,) = infer(unet_model, inputs, [NOISE_PRED])
-                return to_torch(noise).to(sample.device)
+                noise = to_torch(noise)
+                if self.assert_device is not None:
+                    _assert_on(self.assert_device, kv=kv, sample=sample, noise=noise)
+                return noise.to(sample.device)
 
             latents = denoise(unet, latents, steps, guidance, self.ddim)
             return pb_utils.InferenceResponse([from_torch(LATENTS, latents_to_frames_batch(latents))])

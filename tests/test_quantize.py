@@ -1,0 +1,89 @@
+"""The INT8 UNet is explicit Q/DQ as TensorRT consumes it, shaped by the recipe (data), and measured."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from t2vserve.export import QUANTIZATION_REPORT
+from t2vserve.quality import evaluate, gate_failures, load_quality_set
+from t2vserve.quantize import DEFAULT_RECIPE, Recipe
+from t2vserve.spec import UNET_TRACKS
+
+
+@pytest.fixture(scope="module")
+def int8_model(repository) -> onnx.ModelProto:
+    return onnx.load(str(repository / UNET_TRACKS["int8"] / "1" / "model.onnx"))
+
+
+def _weight_dequantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """DequantizeLinear nodes whose input is an int8 initializer (a quantized weight), by consumer name."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        for name in node.input:
+            dq = producers.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                if inits[dq.input[0]].data_type == onnx.TensorProto.INT8:
+                    out[node.name] = dq
+    return out
+
+
+def test_int8_unet_is_explicit_qdq_with_per_channel_weights(int8_model) -> None:
+    ops = [n.op_type for n in int8_model.graph.node]
+    assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 100
+    inits = {i.name: numpy_helper.to_array(i) for i in int8_model.graph.initializer}
+    dequantizers = _weight_dequantizers(int8_model)
+    convs = [name for name in dequantizers if name.endswith("/Conv")]
+    assert convs, "no quantized Conv weights"
+    for name in convs:
+        scale = inits[dequantizers[name].input[1]]
+        weight = inits[dequantizers[name].input[0]]
+        assert scale.ndim == 1 and scale.size == weight.shape[0], f"{name}: weight scale is not per output channel"
+    # symmetric: every zero point is 0 (TensorRT requires it)
+    for node in int8_model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            assert not np.any(inits[node.input[2]]), f"{node.name}: non-zero zero point"
+
+
+def test_recipe_layers_stay_floating_point(int8_model) -> None:
+    recipe = Recipe.load()
+    quantized = set(_weight_dequantizers(int8_model))
+    kept = [n.name for n in int8_model.graph.node if n.op_type in recipe.op_types_to_quantize and n.name not in quantized]
+    for must_keep in ("/unet/conv_in/Conv", "/unet/conv_out/Conv", "/unet/time_embedding/linear_1/Gemm"):
+        assert must_keep in kept
+    attention_scores = [n for n in kept if n.endswith("/attn1/MatMul") or n.endswith("/attn2/MatMul_1")]
+    assert attention_scores, "the attention score path must stay floating point"
+    assert any("/resnets.0/conv1/Conv" in name for name in quantized)
+
+
+def test_recipe_is_data(repository, tmp_path) -> None:
+    """A different recipe file changes what is kept in floating point without any code change."""
+    model = onnx.load(str(repository / UNET_TRACKS["fp16"] / "1" / "model.onnx"), load_external_data=False)
+    data = json.loads(DEFAULT_RECIPE.read_text())
+    base = set(Recipe.load().excluded_nodes(model))
+    data["keep_floating_point"].append({"pattern": "/temp_convs\\.", "why": "test"})
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(data))
+    more = set(Recipe.load(path).excluded_nodes(model))
+    assert base < more and all("/temp_convs." in n for n in more - base)
+    assert Recipe.load(path).with_method("entropy").calibration["method"] == "entropy"
+
+
+def test_weight_sizes_are_reported(repository) -> None:
+    report = json.loads((repository / UNET_TRACKS["int8"] / "1" / QUANTIZATION_REPORT).read_text())
+    sizes = report["weight_bytes"]
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    assert report["calibration_samples"] > 0 and report["calibration_method"] == Recipe.load().calibration["method"]
+
+
+def test_quality_gate_fast_subset(grpc_client, repository) -> None:
+    """One (prompt, seed) of the `make quality` set through the real server, against the same gate."""
+    report = evaluate(grpc_client, load_quality_set(), repository, limit=1)
+    summary = report["summary"]["int8"]
+    assert report["clips"][0]["psnr_db"] == pytest.approx(summary["mean_psnr_db"])
+    assert 0.2 < summary["weight_ratio"] < 0.5
+    assert gate_failures(report) == [], summary
