@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= a red panda eating bamboo in a misty forest, cinematic
 
-.PHONY: help install model demo test quality sweep serve configs check-configs clean
+.PHONY: help install model demo test quality sweep bench serve configs check-configs clean typecheck
 
 help:
 	@echo "make demo    build the tiny model, export it, serve it on tritonserver, write outputs/demo.mp4"
 	@echo "make test    run the test suite (starts real tritonserver instances)"
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
 	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
+	@echo "make bench   CPU benchmark: in-process vs served, concurrency 1/2/4 (GPU: client/gpu_bench.sh)"
 	@echo "make model   build + export the tiny model into model_repository/"
 	@echo "make configs regenerate model_repository/*/config.pbtxt from t2vserve/spec.py"
 
@@ -49,3 +50,15 @@ check-configs: $(STAMP)
 
 clean:
 	rm -rf artifacts outputs model_repository/*/1/*.onnx model_repository/*/1/*.json model_repository/*/1/tokenizer
+
+# mypy on the TensorRT builder against tensorrt-stubs (installed apart from the venv: see build/typestubs.py)
+TYPESTUBS := $(VENV)/typestubs
+$(TYPESTUBS)/.stamp: $(STAMP) build/typestubs.py
+	$(BIN)/python build/typestubs.py $(TYPESTUBS)
+	touch $@
+
+typecheck: $(TYPESTUBS)/.stamp
+	MYPYPATH=$(TYPESTUBS) $(BIN)/python -m mypy --config-file build/mypy.ini
+
+bench: model
+	$(BIN)/python client/bench.py cpu --out outputs/bench-cpu.json

@@ -104,7 +104,8 @@ BATCHED_ENTRIES = {entry: UNET_MAX_BATCH for entry in UNET_TRACKS.values()}
 RUNNER_PARAMETERS = {
     "onnxruntime": {"runner": "onnxruntime"},
     # torch: the family's modules on CUDA when present (bf16, torch.compile for the UNet), else CPU fp32.
-    "torch": {"runner": "torch", "device": "auto", "dtype": "auto", "compile": "none"},
+    # GPU inputs stay on the GPU (no copy to host between BLS calls).
+    "torch": {"runner": "torch", "device": "auto", "dtype": "auto", "compile": "none", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
 }
 TORCH_UNET_PARAMETERS = {"compile": "default"}
 

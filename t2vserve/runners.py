@@ -10,12 +10,15 @@ served by Triton's own TensorRT backend, so no runner is involved there.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -74,8 +77,18 @@ class TorchRunner:
         for name in self.input_names:
             tensor = inputs[name].to(self.device, non_blocking=True)
             args.append(tensor.to(self.dtype) if tensor.is_floating_point() else tensor)
+        if self.forward is not self.module:
+            for tensor in args:  # batch sizes vary with the dynamic batcher: prefer one dynamic graph
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
         with torch.inference_mode():
-            output = self.forward(*args)
+            try:
+                output = self.forward(*args)
+            except Exception as exc:  # compilation failed: serve eagerly rather than not at all
+                if self.forward is self.module:
+                    raise
+                log.warning("torch.compile failed (%s); running eagerly", exc)
+                self.forward = self.module
+                output = self.forward(*args)
         return {self.output_names[0]: output.float()}
 
 

@@ -30,9 +30,13 @@ RUNNER_CONFIG_NAMES = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorrt
 
 
 def _pytriton_root() -> Path:
-    import pytriton  # the nvidia-pytriton wheel
+    """The tritonserver tree inside the nvidia-pytriton wheel (found, not imported: its client needs gevent)."""
+    import importlib.util
 
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: it provides the embedded tritonserver binary")
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "tritonserver"
 
 
 def free_port() -> int:
@@ -66,6 +70,7 @@ class EmbeddedTritonServer:
     metrics_port: int = field(default_factory=free_port)
     log_path: Path | None = None
     verbose: bool = False
+    cuda_memory_pool_mb: int | None = None  # GPU runners exchange clip-sized tensors through this pool
     process: subprocess.Popen | None = None
     _backend_dir: Path | None = None
 
@@ -97,6 +102,8 @@ class EmbeddedTritonServer:
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
         ]
+        if self.cuda_memory_pool_mb:
+            cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb * 2**20}")
         config_name = RUNNER_CONFIG_NAMES[self.runner]
         if config_name:
             cmd.append(f"--model-config-name={config_name}")

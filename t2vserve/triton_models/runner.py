@@ -7,6 +7,8 @@ over together are concatenated along the batch dimension, run once and split aga
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -23,11 +25,17 @@ class TritonPythonModel:
         # inputs declared with a reshape (per-sample scalars sent as [batch, 1]) reach the graph as [batch]
         self.reshapes = {t["name"]: [int(d) for d in t["reshape"].get("shape", [])] for t in config["input"] if "reshape" in t}
         self.runner = make_runner(config_parameter(config, "runner", "onnxruntime"), version_dir(args), config)
+        # Debug (bench on the GPU machine): T2V_ASSERT_DEVICE=cuda checks every input arrives on the GPU.
+        self.assert_device = os.environ.get("T2V_ASSERT_DEVICE") or None
 
     def _inputs(self, request) -> dict[str, torch.Tensor]:
         inputs = {name: to_torch(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
         for name, shape in self.reshapes.items():
             inputs[name] = inputs[name].reshape(inputs[name].shape[0], *shape)
+        if self.assert_device is not None:
+            for name, tensor in inputs.items():
+                if name != "INPUT_IDS" and tensor.device.type != self.assert_device:
+                    raise AssertionError(f"input {name} arrived on {tensor.device}, expected {self.assert_device}")
         return inputs
 
     def execute(self, requests: list) -> list:

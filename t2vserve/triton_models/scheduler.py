@@ -9,6 +9,8 @@ the GPU (DLPack in and out of BLS, no host round trip per step).
 
 from __future__ import annotations
 
+import os
+
 import triton_python_backend_utils as pb_utils
 
 from ..ddim import DDIM
@@ -28,7 +30,7 @@ class TritonPythonModel:
         self.ddim = DDIM(self.geometry.scheduler_config)
         # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
         # UNet output live on that device type, i.e. nothing took a host round trip.
-        self.assert_device = config_parameter(model_config(args), "assert_device", "") or None
+        self.assert_device = config_parameter(model_config(args), "assert_device", "") or os.environ.get("T2V_ASSERT_DEVICE") or None
 
 
     def execute(self, requests: list) -> list:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU benchmark as run on a GPU machine without network (the workplace's device tool):
+#   bash client/gpu_bench.sh install   WHEEL_DIR   # (as often as needed) add wheels the machine lacks
+#   bash client/gpu_bench.sh inprocess [WHEEL_DIR] # diffusers eager vs runner modules, UNet steps, VAE
+#   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
+# Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
+# installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
+# Triton Python stub ignores PYTHONPATH; numpy 1.26 there because the Python backend of Triton 2.51
+# misreads BYTES tensors under numpy 2). Results go to ${OUT:-outputs}.
+set -euo pipefail
+part=$1; wheels=${2:-}
+out=${OUT:-outputs}; mkdir -p "$out"
+rm -rf /tmp/site/numpy /tmp/site/numpy-*  # numpy belongs in /tmp/np1 only
+if [ -n "$wheels" ]; then
+  for w in "$wheels"/*.whl; do
+    case $(basename "$w") in
+      numpy-*) target=/tmp/np1 ;;   # only for Triton's Python stubs (see below)
+      *) target=/tmp/site ;;
+    esac
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $target "$w"
+  done
+fi
+# Triton 2.51's Python stub builds BYTES inputs with pybind11 arrays that numpy 2 misreads (a tensor
+# of the first byte repeated), so the stubs get numpy 1.26 (T2V_STUB_NUMPY1, set by the bench for
+# tritonserver only). This machine's peft/scikit-learn/scipy need numpy 2 and are optional for
+# diffusers and transformers: the stubs see them as absent.
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+{
+  echo 'import sys; sys.path.insert(0, "/tmp/site")'
+  echo 'import os, sys; os.environ.get("T2V_STUB_NUMPY1") and (sys.path.insert(0, "/tmp/np1"), sys.modules.update(dict.fromkeys(("peft", "sklearn", "scipy"))))'
+  echo "$PWD"
+} > "$site/t2vserve-extra.pth"
+[ "$part" = install ] && { python3 -c 'import numpy, sys; print("numpy", numpy.__version__); import grpc' || true; exit 0; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
+T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); from transformers import CLIPTextModel, CLIPTokenizer; from diffusers import AutoencoderKL, UNet3DConditionModel; import av, t2vserve.triton_models'
+
+pa=/tmp/site/perf_analyzer/bin/perf_analyzer
+extra=()
+if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
+python3 client/bench.py "$part" --device cuda --model modelscope --steps 20 --frames 24 \
+  --repeats 2 --per-client 2 --out "$out/bench-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$part.log"

@@ -1,0 +1,643 @@
+"""TensorRT plans of the engine slots: optimization profiles, plan metadata, staleness, build orchestration.
+
+Pure Python: nothing here imports ``tensorrt``. The TensorRT calls live in ``tensorrt_builder.py``
+(the only module that imports it) and reach this module through the small ``Backend`` protocol, so
+profile derivation, metadata checks and the stale-plan refusal run (and are tested) without a GPU.
+
+Each plan ``<repository>/<slot>/1/model.plan`` has ``model.plan.json`` next to it (``EngineMetadata``):
+TensorRT version, GPU name and compute capability, optimization profiles, precision, builder settings
+and the sha256 of the ONNX file (plus its external data) it was built from. A plan whose metadata does
+not match the running TensorRT, the GPU, its ONNX or the profiles spec implies is stale: the build
+rebuilds it, and the server's start (``--check``) refuses to serve it, saying how to rebuild.
+
+    python build/build_engines.py                      # build what is missing or stale, skip the rest
+    python build/build_engines.py --rebuild            # rebuild every selected slot
+    python build/build_engines.py --check              # exit 1 listing stale plans (no build)
+    python build/build_engines.py --check -- tritonserver ...   # then exec the command if all are fresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from .repository import write_repository
+from .spec import (
+    ENGINE_SLOTS,
+    GEOMETRY_FILE,
+    INPUT_IDS,
+    KV,
+    LATENTS,
+    SAMPLE,
+    TEXT_EMBEDS,
+    TIMESTEP,
+    UNET_MAX_BATCH,
+    UNET_TRACKS,
+    ModelGeometry,
+    Range,
+)
+
+PLAN_FILE = "model.plan"
+METADATA_FILE = "model.plan.json"
+ONNX_FILE = "model.onnx"
+METADATA_FORMAT = 1
+#: Written next to the geometry by the export step of the compose ``engines`` service (what was exported).
+EXPORT_SOURCE_FILE = "export_source.json"
+
+#: One classifier-free-guidance pair (unconditional + conditional): the batch of one request.
+CFG_BATCH = 2
+
+#: Precision of each slot's plan. "fp16": FP16 kernels allowed everywhere (I/O stays FP32, as the
+#: configs declare). "int8": explicit quantization from the Q/DQ nodes of the ONNX, FP16 for the layers
+#: the INT8 recipe keeps in floating point.
+SLOT_PRECISION: dict[str, str] = {slot: "fp16" for slot in ENGINE_SLOTS} | {UNET_TRACKS["int8"]: "int8"}
+
+REBUILD_COMMAND = "python build/build_engines.py --rebuild"
+COMPOSE_REBUILD_COMMAND = "docker compose run --rm engines --rebuild"
+
+#: NGC Triton release -> the TensorRT its tensorrt backend loads plans with (the pip package to build them).
+NGC_TENSORRT = {"24.10": "10.5.0"}
+
+EXIT_STALE = 1
+EXIT_NO_TENSORRT = 3
+EXIT_FAILED = 4
+
+Log = Callable[[str], None]
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimization profiles
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShapeRange:
+    """min/opt/max shape of one network input in one optimization profile."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"min/opt/max ranks differ: {self.min} {self.opt} {self.max}")
+        if not all(lo <= mid <= hi for lo, mid, hi in zip(self.min, self.opt, self.max)):
+            raise ValueError(f"need min <= opt <= max per dimension: {self.min} {self.opt} {self.max}")
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[int]]) -> ShapeRange:
+        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
+
+
+#: Input name -> shape range: one TensorRT optimization profile.
+Profile = dict[str, ShapeRange]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """One dynamic dimension: smallest, most frequent and largest value."""
+
+    min: int
+    opt: int
+    max: int
+
+
+Dim = Extent | int
+
+
+def _pixel_extent(allowed: Range, default: int, scale: int) -> Extent:
+    """Latent extent of a pixel range: its smallest and largest allowed multiple, divided by the VAE scale."""
+    step = max(allowed.multiple_of, 1)
+    low = -(-int(allowed.low) // step) * step
+    high = int(allowed.high) // step * step
+    return Extent(low // scale, default // scale, high // scale)
+
+
+def dynamic_extents(geometry: ModelGeometry) -> dict[str, Extent]:
+    """Every dynamic axis of the engine slots, from the model's preset (spec is the source of truth).
+
+    ``batch``: CFG pairs, one per request, up to ``UNET_MAX_BATCH`` samples (Triton batches the UNets
+    across requests); ``frames``/``latent_*``: the preset's ranges, optimized for its defaults.
+    """
+    preset, ranges, scale = geometry.presets, geometry.ranges(), geometry.vae_scale_factor
+    return {
+        "batch": Extent(CFG_BATCH, CFG_BATCH, UNET_MAX_BATCH),
+        "frames": Extent(preset.frames_range[0], preset.num_frames, preset.frames_range[1]),
+        "latent_height": _pixel_extent(ranges["HEIGHT"], preset.height, scale),
+        "latent_width": _pixel_extent(ranges["WIDTH"], preset.width, scale),
+    }
+
+
+def slot_input_dims(geometry: ModelGeometry) -> dict[str, dict[str, tuple[Dim, ...]]]:
+    """Slot -> ONNX input name -> dimensions (an ``Extent`` where dynamic, an int where fixed)."""
+    ext = dynamic_extents(geometry)
+    batch, frames, height, width = ext["batch"], ext["frames"], ext["latent_height"], ext["latent_width"]
+    seq, channels = geometry.text_max_length, geometry.latent_channels
+    unet: dict[str, tuple[Dim, ...]] = {
+        SAMPLE: (batch, channels, frames, height, width),
+        TIMESTEP: (batch,),
+        KV: (batch, seq, geometry.kv_layout.width),
+    }
+    return {
+        "text_encoder": {INPUT_IDS: (batch, seq)},
+        "kv_projector": {TEXT_EMBEDS: (batch, seq, geometry.text_hidden_size)},
+        **{slot: dict(unet) for slot in UNET_TRACKS.values()},
+        # the VAE decodes the frames of one clip as its batch
+        "vae_decoder": {LATENTS: (frames, channels, height, width)},
+    }
+
+
+def _shape_range(dims: tuple[Dim, ...]) -> ShapeRange:
+    pick: Callable[[Dim, str], int] = lambda d, key: getattr(d, key) if isinstance(d, Extent) else d
+    return ShapeRange(*(tuple(pick(d, key) for d in dims) for key in ("min", "opt", "max")))
+
+
+def slot_profiles(slot: str, geometry: ModelGeometry) -> tuple[Profile, ...]:
+    """The optimization profiles of ``slot``'s plan (one profile covering the preset's whole range)."""
+    dims = slot_input_dims(geometry)
+    if slot not in dims:
+        raise KeyError(f"unknown engine slot {slot!r}; slots: {', '.join(ENGINE_SLOTS)}")
+    return ({name: _shape_range(d) for name, d in dims[slot].items()},)
+
+
+def profiles_to_json(profiles: Sequence[Profile]) -> list[dict[str, dict[str, list[int]]]]:
+    return [{name: shape.to_json() for name, shape in profile.items()} for profile in profiles]
+
+
+def profiles_from_json(data: Sequence[Mapping[str, Mapping[str, Sequence[int]]]]) -> tuple[Profile, ...]:
+    return tuple({name: ShapeRange.from_json(shape) for name, shape in profile.items()} for profile in data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan metadata
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a plan is tied to: the TensorRT library and the GPU model that build and run it."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "9.0"
+
+    @property
+    def sm(self) -> str:
+        return "sm_" + self.compute_capability.replace(".", "")
+
+    def describe_gpu(self) -> str:
+        return f"{self.gpu_name} {self.sm}"
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    """Builder knobs: recorded in the metadata, not part of staleness (rebuild with --rebuild to change)."""
+
+    optimization_level: int = 3  # TensorRT's default; 0..5, higher searches longer
+    workspace_bytes: int | None = None  # None: TensorRT's default (the device's memory)
+    timing_cache: str | None = None  # file the tactic timings are loaded from and saved to
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """Contents of ``model.plan.json``."""
+
+    slot: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    profiles: tuple[Profile, ...]
+    onnx_sha256: str
+    onnx_files: tuple[str, ...]
+    plan_bytes: int
+    builder: BuilderSettings = field(default_factory=BuilderSettings)
+    built_at: str = ""
+    format: int = METADATA_FORMAT
+
+    @property
+    def runtime(self) -> RuntimeInfo:
+        return RuntimeInfo(self.tensorrt_version, self.gpu_name, self.compute_capability)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["profiles"] = profiles_to_json(self.profiles)
+        data["onnx_files"] = list(self.onnx_files)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineMetadata:
+        data = json.loads(text)
+        if data.get("format") != METADATA_FORMAT:
+            raise ValueError(f"metadata format {data.get('format')!r}, expected {METADATA_FORMAT}")
+        data["profiles"] = profiles_from_json(data["profiles"])
+        data["onnx_files"] = tuple(data["onnx_files"])
+        data["builder"] = BuilderSettings(**data["builder"])
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> EngineMetadata:
+        return cls.from_json(Path(path).read_text())
+
+
+def onnx_files(onnx: Path) -> list[Path]:
+    """The ONNX file and its external weights (``model.onnx.data``, written by export for graphs > 2 GB)."""
+    data = onnx.with_name(onnx.name + ".data")
+    return [onnx] + ([data] if data.exists() else [])
+
+
+def onnx_digest(onnx: Path) -> str:
+    """sha256 over the ONNX file and its external data (names and sizes included)."""
+    digest = hashlib.sha256()
+    for path in onnx_files(onnx):
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Staleness
+# --------------------------------------------------------------------------------------------------
+def slot_dir(repository: Path, slot: str) -> Path:
+    return Path(repository) / slot / "1"
+
+
+def load_geometry(repository: Path) -> ModelGeometry:
+    path = Path(repository) / "scheduler" / "1" / GEOMETRY_FILE
+    if not path.exists():
+        raise EngineError(
+            f"{path} is missing: export the model first (python export/export_onnx.py --tiny, or --weights DIR)"
+        )
+    return ModelGeometry.load(path)
+
+
+class EngineError(RuntimeError):
+    """A build or check that cannot proceed, with a message meant for the user."""
+
+
+def _describe_profile_change(built: Sequence[Profile], wanted: Sequence[Profile]) -> str:
+    if len(built) != len(wanted):
+        return f"{len(built)} profiles, spec implies {len(wanted)}"
+    for old, new in zip(built, wanted):
+        for name in sorted(set(old) | set(new)):
+            if name not in new:
+                return f"input {name} no longer exists"
+            if name not in old:
+                return f"new input {name}"
+            if old[name] != new[name]:
+                for key in ("min", "opt", "max"):
+                    before, after = getattr(old[name], key), getattr(new[name], key)
+                    if before != after:
+                        return f"{name} {key} {list(before)} -> {list(after)}"
+    return "profiles differ"
+
+
+def stale_reasons(repository: Path, slot: str, geometry: ModelGeometry, runtime: RuntimeInfo | None) -> list[str]:
+    """Why ``slot``'s plan cannot be served as is (empty: up to date).
+
+    ``runtime`` None: the TensorRT version and GPU are unknown (TensorRT not importable here); every
+    other check still runs.
+    """
+    directory = slot_dir(repository, slot)
+    plan, meta_path, onnx = directory / PLAN_FILE, directory / METADATA_FILE, directory / ONNX_FILE
+    if not plan.exists():
+        return [f"missing ({plan} not built)"]
+    if not meta_path.exists():
+        return [f"missing metadata ({meta_path}): plan of unknown origin"]
+    try:
+        meta = EngineMetadata.read(meta_path)
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"unreadable metadata ({meta_path}: {exc})"]
+    reasons = []
+    if plan.stat().st_size != meta.plan_bytes:
+        reasons.append(
+            f"{plan} is {plan.stat().st_size} bytes, its metadata says {meta.plan_bytes} (replaced or truncated)"
+        )
+    if runtime is not None:
+        if meta.tensorrt_version != runtime.tensorrt_version:
+            reasons.append(f"built for TensorRT {meta.tensorrt_version}, running {runtime.tensorrt_version}")
+        built_gpu = meta.runtime
+        if (built_gpu.gpu_name, built_gpu.compute_capability) != (runtime.gpu_name, runtime.compute_capability):
+            reasons.append(f"built for GPU {built_gpu.describe_gpu()}, this is {runtime.describe_gpu()}")
+    if not onnx.exists():
+        reasons.append(f"ONNX missing ({onnx}): export first")
+    else:
+        digest = onnx_digest(onnx)
+        if digest != meta.onnx_sha256:
+            reasons.append(f"ONNX changed (hash {meta.onnx_sha256[:12]} -> {digest[:12]})")
+    if meta.precision != SLOT_PRECISION[slot]:
+        reasons.append(f"precision changed ({meta.precision} -> {SLOT_PRECISION[slot]})")
+    wanted = slot_profiles(slot, geometry)
+    if meta.profiles != wanted:
+        reasons.append(f"optimization profiles changed ({_describe_profile_change(meta.profiles, wanted)})")
+    return reasons
+
+
+def check_engines(
+    repository: Path, slots: Sequence[str], runtime: RuntimeInfo | None, geometry: ModelGeometry | None = None
+) -> dict[str, list[str]]:
+    """Stale slots and their reasons (empty dict: every plan can be served)."""
+    geometry = geometry or load_geometry(repository)
+    stale = {slot: stale_reasons(repository, slot, geometry, runtime) for slot in slots}
+    return {slot: reasons for slot, reasons in stale.items() if reasons}
+
+
+def refusal_message(repository: Path, stale: Mapping[str, Sequence[str]]) -> str:
+    """What the server start prints when it refuses stale plans: each plan, why, and how to rebuild."""
+    lines = [f"refusing to serve stale TensorRT plans in {repository}:"]
+    lines += [f"  {slot}: {'; '.join(reasons)}" for slot, reasons in stale.items()]
+    lines.append(f"rebuild them: {REBUILD_COMMAND} --repository {repository}")
+    lines.append(f"  (docker compose: {COMPOSE_REBUILD_COMMAND})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildJob:
+    """One plan to build: what ``Backend.build_plan`` receives."""
+
+    slot: str
+    onnx: Path
+    plan: Path
+    precision: str
+    profiles: tuple[Profile, ...]
+    settings: BuilderSettings
+
+
+class Backend(Protocol):
+    """What the build needs from TensorRT (``tensorrt_builder`` is the real one)."""
+
+    def runtime_info(self) -> RuntimeInfo: ...
+
+    def build_plan(self, job: BuildJob, log: Log) -> None: ...
+
+
+def ensure_engines(
+    repository: Path,
+    slots: Sequence[str],
+    backend: Backend,
+    settings: BuilderSettings = BuilderSettings(),
+    rebuild: bool = False,
+    log: Log = _print,
+) -> list[str]:
+    """Build the plans of ``slots`` that are missing or stale (all of them with ``rebuild``); return those built.
+
+    Up-to-date plans are skipped with a log line. The metadata is removed before a build and written
+    after it, so an interrupted build never leaves a plan that looks up to date.
+    """
+    geometry = load_geometry(repository)
+    runtime = backend.runtime_info()
+    log(f"TensorRT {runtime.tensorrt_version} on {runtime.describe_gpu()}; {repository} (preset {geometry.preset})")
+    built = []
+    for slot in slots:
+        reasons = stale_reasons(repository, slot, geometry, runtime)
+        directory = slot_dir(repository, slot)
+        if not reasons and not rebuild:
+            log(f"{slot}: up to date ({directory / PLAN_FILE}), skipping")
+            continue
+        onnx = directory / ONNX_FILE
+        if not onnx.exists():
+            raise EngineError(f"{slot}: {onnx} is missing: export the model first (python export/export_onnx.py)")
+        log(f"{slot}: building ({'; '.join(reasons) if reasons else 'rebuild requested'})")
+        (directory / METADATA_FILE).unlink(missing_ok=True)
+        digest = onnx_digest(onnx)  # of what the build reads, taken before it starts
+        job = BuildJob(slot, onnx, directory / PLAN_FILE, SLOT_PRECISION[slot], slot_profiles(slot, geometry), settings)
+        start = time.monotonic()
+        backend.build_plan(job, log)
+        metadata = EngineMetadata(
+            slot=slot,
+            precision=job.precision,
+            tensorrt_version=runtime.tensorrt_version,
+            gpu_name=runtime.gpu_name,
+            compute_capability=runtime.compute_capability,
+            profiles=job.profiles,
+            onnx_sha256=digest,
+            onnx_files=tuple(path.name for path in onnx_files(onnx)),
+            plan_bytes=job.plan.stat().st_size,
+            builder=settings,
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        metadata.write(directory / METADATA_FILE)
+        log(f"{slot}: built {job.plan} ({metadata.plan_bytes / 1e6:.1f} MB) in {time.monotonic() - start:.0f} s")
+        built.append(slot)
+    return built
+
+
+# --------------------------------------------------------------------------------------------------
+# Export step of the compose ``engines`` service
+# --------------------------------------------------------------------------------------------------
+def export_source(weights: Path | None) -> dict[str, Any]:
+    """Identity of what an export reads: the tiny demo model, or a weights directory (file names, sizes, configs)."""
+    if weights is None or not (weights / "model_index.json").exists():
+        return {"source": "tiny"}
+    digest = hashlib.sha256()
+    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
+        rel = path.relative_to(weights).as_posix()
+        digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return {"source": "weights", "path": str(weights), "fingerprint": digest.hexdigest()}
+
+
+def export_is_current(repository: Path, source: Mapping[str, Any]) -> bool:
+    """Whether ``repository`` holds an export (geometry and every slot's ONNX) of ``source``."""
+    marker = Path(repository) / "scheduler" / "1" / EXPORT_SOURCE_FILE
+    exported = (Path(repository) / "scheduler" / "1" / GEOMETRY_FILE).exists() and all(
+        (slot_dir(repository, slot) / ONNX_FILE).exists() for slot in ENGINE_SLOTS
+    )
+    return exported and marker.exists() and json.loads(marker.read_text()) == dict(source)
+
+
+def export_if_needed(
+    repository: Path, weights: Path | None, preset: str | None, reexport: bool, log: Log = _print
+) -> None:
+    """Export ``weights`` (a diffusers directory) or, without one, the tiny demo model, unless already exported."""
+    source = export_source(weights)
+    if export_is_current(repository, source) and not reexport:
+        write_repository(repository)  # configs follow this version of spec even when the export is reused
+        log(f"export of the {source['source']} model already in {repository}: skipped (--reexport redoes it)")
+        return
+    args = ["--repository", str(repository)]
+    args += ["--weights", str(weights)] if source["source"] == "weights" else ["--tiny"]
+    args += ["--preset", preset] if preset else []
+    log(f"exporting: python export/export_onnx.py {shlex.join(args)}")
+    export = importlib.import_module(f"{__package__}.export")  # torch and diffusers: only when exporting
+    if export.main(args) != 0:
+        raise EngineError("export failed")
+    (Path(repository) / "scheduler" / "1" / EXPORT_SOURCE_FILE).write_text(json.dumps(source, indent=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line (build/build_engines.py)
+# --------------------------------------------------------------------------------------------------
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def tensorrt_backend() -> Backend:
+    """The TensorRT backend, or ``TensorRTUnavailable`` saying why not (no package, only stubs, no GPU)."""
+    try:
+        from . import tensorrt_builder
+    except ImportError as exc:
+        raise TensorRTUnavailable(f"TensorRT is not importable here ({exc})") from exc
+    return tensorrt_builder
+
+
+def _slots(text: str) -> list[str]:
+    slots = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in slots if s not in ENGINE_SLOTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown slot(s) {', '.join(unknown)}; slots: {','.join(ENGINE_SLOTS)}")
+    return slots
+
+
+def parser() -> argparse.ArgumentParser:
+    from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
+
+    p = argparse.ArgumentParser(description="Build (or --check) the TensorRT plans of the engine slots from their ONNX.")
+    p.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument(
+        "--slots", type=_slots, default=list(ENGINE_SLOTS), help=f"comma-separated (default: {','.join(ENGINE_SLOTS)})"
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--rebuild", action="store_true", help="rebuild the selected plans even when up to date")
+    mode.add_argument(
+        "--check", action="store_true", help="only verify: exit 1 listing stale plans, then exec COMMAND if given"
+    )
+    p.add_argument(
+        "--opt-level",
+        type=int,
+        default=3,
+        choices=range(6),
+        metavar="0..5",
+        help="builder optimization level (default 3)",
+    )
+    p.add_argument("--workspace-gb", type=float, default=None, help="workspace memory pool limit (default: TensorRT's)")
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=REPO_ROOT / "build" / "timing.cache",
+        help="tactic timing cache, reused across builds",
+    )
+    p.add_argument(
+        "--export-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="first export DIR (a diffusers model; the tiny demo model when DIR has none) unless already exported",
+    )
+    p.add_argument("--preset", default=None, help="preset of that export (default: tiny / modelscope)")
+    p.add_argument("--reexport", action="store_true", help="with --export-from: export even when the repository has it")
+    p.add_argument(
+        "--tensorrt-info",
+        action="store_true",
+        help="print the TensorRT of this Python and of the system library Triton loads; exit 1 if they differ",
+    )
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, help="with --check: '-- COMMAND ...' to exec when every plan is up to date"
+    )
+    return p
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    backend_loader: Callable[[], Backend] = tensorrt_backend,
+    exec_command: Callable[[list[str]], None] = lambda cmd: os.execvp(cmd[0], cmd),
+    log: Log = _print,
+) -> int:
+    args = parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command and not args.check:
+        parser().error("a command to exec is only accepted with --check")
+    if args.tensorrt_info:
+        return _tensorrt_info(log)
+    try:
+        if args.export_from is not None:
+            export_if_needed(args.repository, args.export_from, args.preset, args.reexport, log)
+        if args.check:
+            return _check(args.repository, args.slots, backend_loader, command, exec_command, log)
+        settings = BuilderSettings(
+            optimization_level=args.opt_level,
+            workspace_bytes=int(args.workspace_gb * 2**30) if args.workspace_gb else None,
+            timing_cache=str(args.timing_cache) if args.timing_cache else None,
+        )
+        built = ensure_engines(args.repository, args.slots, backend_loader(), settings, args.rebuild, log)
+        log(f"{len(built)} plan(s) built, {len(args.slots) - len(built)} up to date")
+        return 0
+    except TensorRTUnavailable as exc:
+        log(
+            f"error: {exc}. Build plans on a GPU host with TensorRT (the Docker image: docker compose run --rm engines)"
+        )
+        return EXIT_NO_TENSORRT
+    except EngineError as exc:
+        log(f"error: {exc}")
+        return EXIT_FAILED
+
+
+def _check(
+    repository: Path,
+    slots: Sequence[str],
+    backend_loader: Callable[[], Backend],
+    command: list[str],
+    exec_command: Callable[[list[str]], None],
+    log: Log,
+) -> int:
+    try:
+        runtime = backend_loader().runtime_info()
+    except TensorRTUnavailable as exc:
+        stale = check_engines(repository, slots, None)  # what can be told without TensorRT still counts
+        log(
+            refusal_message(repository, stale)
+            if stale
+            else f"cannot verify the TensorRT version and GPU of the plans: {exc}"
+        )
+        return EXIT_STALE if stale else EXIT_NO_TENSORRT
+    stale = check_engines(repository, slots, runtime)
+    if stale:
+        log(refusal_message(repository, stale))
+        return EXIT_STALE
+    log(f"{len(slots)} TensorRT plan(s) up to date for TensorRT {runtime.tensorrt_version} on {runtime.describe_gpu()}")
+    if command:
+        log(f"exec: {shlex.join(command)}")
+        exec_command(command)
+    return 0
+
+
+def _tensorrt_info(log: Log) -> int:
+    try:
+        from . import tensorrt_builder
+    except ImportError as exc:
+        log(f"TensorRT is not importable here ({exc})")
+        return EXIT_NO_TENSORRT
+    python_version = tensorrt_builder.tensorrt_version()
+    system_version = tensorrt_builder.system_library_version()
+    log(f"TensorRT Python package {python_version}; libnvinfer Triton loads: {system_version or 'not found'}")
+    if system_version and python_version.split(".")[:3] != system_version.split(".")[:3]:
+        log("error: plans built with this Python package would not load in Triton: install the matching tensorrt-cu12")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""ONNX -> TensorRT plan with the TensorRT 10 Python API. The only module of t2vserve that imports tensorrt.
+
+Decisions (TensorRT 10.5, the TensorRT of NGC Triton 24.10):
+
+* **Network**: ``Builder.create_network(0)``. TensorRT 10 networks are always explicit-batch (the
+  ``EXPLICIT_BATCH`` flag is deprecated and ignored). Not ``STRONGLY_TYPED``: our ONNX graphs are FP32,
+  and a strongly typed network would run them in FP32; the weakly typed network lets the FP16 builder
+  flag pick FP16 kernels while the I/O tensors stay FP32, as the Triton configs declare.
+* **FP16 slots**: ``BuilderFlag.FP16``.
+* **INT8 UNet** (explicit quantization): the ONNX carries QuantizeLinear/DequantizeLinear pairs with
+  their scales (``t2vserve/quantize.py``), which TensorRT turns into IQuantizeLayer/IDequantizeLayer and
+  builds with explicit-quantization rules: the Q/DQ scales are used as is and no calibrator is set. In a
+  weakly typed network the INT8 kernels still need ``BuilderFlag.INT8``; ``BuilderFlag.FP16`` runs the
+  layers the recipe keeps in floating point (and the Q/DQ boundaries) in FP16.
+* **Profiles**: one ``IOptimizationProfile`` per entry of ``engines.slot_profiles`` (min/opt/max per
+  input); an input of the network without a profile, or a profile for an input the network lacks, is
+  an error before anything is built.
+* **Timing cache**: loaded from the file when present (a cache from another GPU or TensorRT version is
+  set aside with a warning and an empty one is used), serialized back after the build: later builds
+  and the other slots reuse the measured tactics.
+* Builder optimization level and workspace (``MemoryPoolType.WORKSPACE``) come from
+  ``engines.BuilderSettings``; an ``IProgressMonitor`` prints the build phases while it runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import tensorrt as trt
+
+from .engines import BuildJob, EngineError, Log, RuntimeInfo, TensorRTUnavailable
+
+if not hasattr(trt, "Builder"):  # a namespace package: only type stubs (tensorrt-stubs) are installed
+    raise ImportError("the tensorrt package is not installed (only its type stubs are)")
+
+#: CUdevice_attribute values of the CUDA driver API.
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+
+
+def tensorrt_version() -> str:
+    return str(trt.__version__)
+
+
+def gpu_info(device: int = 0) -> tuple[str, str]:
+    """(name, compute capability "major.minor") of CUDA device ``device``, from the CUDA driver (libcuda)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise TensorRTUnavailable(f"no CUDA driver (libcuda.so.1): {exc}; is a GPU visible to this process?") from exc
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            raise TensorRTUnavailable(
+                f"CUDA driver call {what} failed with error {result}; is a GPU visible to this process?"
+            )
+
+    check(cuda.cuInit(0), "cuInit")
+    handle = ctypes.c_int()
+    check(cuda.cuDeviceGet(ctypes.byref(handle), device), "cuDeviceGet")
+    name = ctypes.create_string_buffer(256)
+    check(cuda.cuDeviceGetName(name, len(name), handle), "cuDeviceGetName")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    check(
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle),
+        "cuDeviceGetAttribute",
+    )
+    check(
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle),
+        "cuDeviceGetAttribute",
+    )
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+
+
+def runtime_info() -> RuntimeInfo:
+    """The TensorRT version and the GPU (device 0 of this process) that plans are built for and checked against."""
+    name, capability = gpu_info()
+    return RuntimeInfo(tensorrt_version(), name, capability)
+
+
+#: Where Triton's tensorrt backend finds libnvinfer: next to the backend, else the system loader's path.
+SYSTEM_LIBNVINFER = ("/opt/tritonserver/backends/tensorrt/libnvinfer.so.10", "libnvinfer.so.10")
+
+
+def system_library_version(candidates: tuple[str, ...] = SYSTEM_LIBNVINFER) -> str | None:
+    """Version of the first ``libnvinfer`` of ``candidates`` that loads (Triton's, in the NGC image), None if none.
+
+    Asked in a fresh interpreter without site-packages: this one may hold the pip package's copy already.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for candidate in candidates:
+        probe = f"import ctypes; print(ctypes.CDLL({candidate!r}).getInferLibVersion())"
+        result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, env=env)
+        if result.returncode == 0:
+            number = int(result.stdout.strip())  # NV_TENSORRT_VERSION: major * 10000 + minor * 100 + patch
+            return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+    return None
+
+
+class ProgressMonitor(trt.IProgressMonitor):
+    """Prints the builder's phases (nested) with their step counts; at most one step line per phase every few seconds."""
+
+    def __init__(self, label: str, log: Log, interval_s: float = 5.0) -> None:
+        trt.IProgressMonitor.__init__(self)
+        self.label, self.log, self.interval_s = label, log, interval_s
+        self._lock = threading.Lock()
+        self._phases: dict[str, tuple[int, int, float]] = {}  # name -> (depth, steps, start)
+        self._last_step_log = 0.0
+
+    def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
+        with self._lock:
+            depth = self._phases[parent_phase][0] + 1 if parent_phase in self._phases else 0
+            self._phases[phase_name] = (depth, num_steps, time.monotonic())
+            self.log(f"[{self.label}] {'  ' * depth}{phase_name} ({num_steps} steps)")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if phase_name in self._phases and now - self._last_step_log >= self.interval_s:
+                depth, steps, _ = self._phases[phase_name]
+                self.log(f"[{self.label}] {'  ' * depth}{phase_name}: {step + 1}/{steps}")
+                self._last_step_log = now
+        return True  # False would cancel the build
+
+    def phase_finish(self, phase_name: str) -> None:
+        with self._lock:
+            depth, _, start = self._phases.pop(phase_name, (0, 0, time.monotonic()))
+            if depth == 0:
+                self.log(f"[{self.label}] {phase_name} done in {time.monotonic() - start:.0f} s")
+
+
+def _parse(builder: trt.Builder, onnx: Path, logger: trt.ILogger) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file (not parse(bytes)): external weights (model.onnx.data) are found next to the file
+    if not parser.parse_from_file(str(onnx)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineError(f"{onnx}: the ONNX parser failed:\n  " + "\n  ".join(errors or ["(no error reported)"]))
+    return network, parser
+
+
+def _check_profiles(network: trt.INetworkDefinition, job: BuildJob) -> None:
+    inputs: dict[str, tuple[int, ...]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        inputs[tensor.name] = tuple(tensor.shape[axis] for axis in range(len(tensor.shape)))
+    for index, profile in enumerate(job.profiles):
+        if set(profile) != set(inputs):
+            raise EngineError(
+                f"{job.slot}: profile {index} covers inputs {sorted(profile)}, the ONNX has {sorted(inputs)}"
+            )
+        for name, shape in profile.items():
+            declared = inputs[name]
+            if len(declared) != len(shape.min):
+                raise EngineError(
+                    f"{job.slot}: {name} has rank {len(declared)} in the ONNX, {len(shape.min)} in profile {index}"
+                )
+            for axis, size in enumerate(declared):
+                if size >= 0 and not shape.min[axis] == shape.max[axis] == size:
+                    raise EngineError(
+                        f"{job.slot}: {name} axis {axis} is fixed to {size} in the ONNX, profile {index} has {shape}"
+                    )
+
+
+def _timing_cache(config: trt.IBuilderConfig, path: Path | None, log: Log) -> trt.ITimingCache:
+    blob = path.read_bytes() if path is not None and path.exists() else b""
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, False):
+        log(f"timing cache {path} is from another GPU or TensorRT version: starting an empty one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    elif blob:
+        log(f"timing cache: reusing {path} ({len(blob) / 1e3:.0f} kB)")
+    return cache
+
+
+def build_plan(job: BuildJob, log: Log) -> None:
+    """Build ``job.plan`` from ``job.onnx``; raises ``EngineError`` with the parser's or builder's reason."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(builder, job.onnx, logger)  # the parser owns weights the network refers to
+    _check_profiles(network, job)
+
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    if job.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales from the Q/DQ nodes, no calibrator
+    elif job.precision != "fp16":
+        raise EngineError(f"{job.slot}: unknown precision {job.precision!r}")
+    config.builder_optimization_level = job.settings.optimization_level
+    if job.settings.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, job.settings.workspace_bytes)
+    for profile_shapes in job.profiles:
+        profile = builder.create_optimization_profile()
+        for name, shape in profile_shapes.items():
+            profile.set_shape(name, trt.Dims(list(shape.min)), trt.Dims(list(shape.opt)), trt.Dims(list(shape.max)))
+        config.add_optimization_profile(profile)
+    cache_path = Path(job.settings.timing_cache) if job.settings.timing_cache else None
+    timing_cache = _timing_cache(
+        config, cache_path, log
+    )  # referenced until the build is done (config holds a raw pointer)
+    monitor = ProgressMonitor(job.slot, log)  # same: must outlive the build
+    config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{job.slot}: TensorRT could not build {job.onnx} (see the TensorRT errors above)")
+    tmp = job.plan.with_name(job.plan.name + ".tmp")
+    tmp.write_bytes(serialized)
+    os.replace(tmp, job.plan)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(timing_cache.serialize())  # the builder added this build's tactic timings to it

@@ -1,0 +1,211 @@
+"""GPU-host deployment files: docker-compose.yml (schema facts, `docker compose config` where the CLI is),
+the NGC tag pinned once (.env == Dockerfile), and the services' commands as the README states them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from t2vserve.engines import NGC_TENSORRT
+from t2vserve.server import REPO_ROOT, EmbeddedTritonServer
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+NVIDIA_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
+BUILD_ENGINES = ["python", "build/build_engines.py", "--repository", "/models"]
+
+#: Top-level and service keys of the Compose Specification (a typo or a misplaced key is an error).
+TOP_LEVEL_KEYS = {"name", "services", "volumes", "networks", "configs", "secrets", "include", "models"}
+SERVICE_KEYS = set(
+    """annotations attach build blkio_config cap_add cap_drop cgroup cgroup_parent command configs container_name
+    cpu_count cpu_percent cpu_period cpu_quota cpu_rt_period cpu_rt_runtime cpu_shares cpus cpuset credential_spec
+    depends_on deploy develop device_cgroup_rules devices dns dns_opt dns_search domainname entrypoint env_file
+    environment expose extends external_links extra_hosts gpus group_add healthcheck hostname image init ipc isolation
+    labels links logging mac_address mem_limit mem_reservation mem_swappiness memswap_limit network_mode networks
+    oom_kill_disable oom_score_adj pid pids_limit platform ports privileged profiles pull_policy read_only restart
+    runtime scale secrets security_opt shm_size stdin_open stop_grace_period stop_signal storage_opt sysctls tmpfs tty
+    ulimits user userns_mode uts volumes volumes_from working_dir""".split()
+)
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _env_file() -> dict[str, str]:
+    lines = (REPO_ROOT / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M))
+
+
+def _commands(service: dict) -> list[list[str]]:
+    """The service's entrypoint (without NVIDIA's wrapper script) and command, each as a list."""
+    entrypoint = list(service.get("entrypoint") or [])
+    if entrypoint[:1] == [NVIDIA_ENTRYPOINT]:
+        entrypoint = entrypoint[1:]
+    return [part for part in (entrypoint, list(service.get("command") or [])) if part]
+
+
+def test_compose_schema(compose) -> None:
+    assert set(k for k in compose if not k.startswith("x-")) <= TOP_LEVEL_KEYS
+    assert set(compose["services"]) == {"engines", "triton", "perf"}
+    named_volumes = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        unknown = set(service) - SERVICE_KEYS
+        assert not unknown, f"{name}: keys not in the Compose Specification: {unknown}"
+        assert "image" in service or "build" in service, name
+        for command in _commands(service):
+            assert all(isinstance(arg, str) and arg and not re.search(r"\s", arg) for arg in command), (name, command)
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/", "$")):
+                assert source in named_volumes, f"{name}: volume {source} is not declared"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in compose["services"] and condition["condition"] in {
+                "service_started",
+                "service_healthy",
+                "service_completed_successfully",
+            }
+
+
+def test_engines_export_and_build_into_the_served_volume(compose) -> None:
+    engines, triton = compose["services"]["engines"], compose["services"]["triton"]
+    (entrypoint,) = _commands(engines)
+    assert entrypoint[: len(BUILD_ENGINES)] == BUILD_ENGINES and "--check" not in entrypoint
+    assert "--export-from" in entrypoint and "--timing-cache" in entrypoint
+    assert "models:/models" in engines["volumes"] and "models:/models:ro" in triton["volumes"]
+    assert engines["image"] == triton["image"] and engines["build"] == triton["build"]
+    assert "ports" not in engines
+
+
+def test_triton_refuses_stale_plans_then_serves(compose) -> None:
+    triton = compose["services"]["triton"]
+    check, server = _commands(triton)
+    assert check == BUILD_ENGINES + ["--check", "--"]
+    assert triton["entrypoint"][0] == NVIDIA_ENTRYPOINT
+    assert server[0] == "tritonserver" and "--model-repository=/models" in server
+    assert "--model-control-mode=none" in server
+    restricted = {flag.split("=", 1)[0]: flag.split("=", 1)[1] for flag in server if "restricted" in flag}
+    assert set(restricted) == {"--http-restricted-api", "--grpc-restricted-protocol"}
+    for value in restricted.values():
+        apis, header = value.split(":", 1)
+        assert {"model-repository", "shared-memory"} <= set(apis.split(","))
+        assert not {"inference", "health", "metadata", "model-config", "statistics"} & set(apis.split(","))
+        assert header == "triton-admin-key=${TRITON_ADMIN_KEY}"
+    assert triton["environment"]["TRITON_ADMIN_KEY"].startswith(
+        "${TRITON_ADMIN_KEY:?"
+    )  # refuses to start without a key
+
+
+def test_triton_shares_the_embedded_servers_settings(compose) -> None:
+    embedded = EmbeddedTritonServer()
+    try:
+        flags = embedded.command()
+    finally:
+        embedded.stop()
+    shared = [
+        f
+        for f in flags
+        if f.split("=", 1)[0] in {"--model-control-mode", "--exit-on-error", "--allow-metrics", "--backend-config"}
+    ]
+    assert len(shared) == 5
+    _, server = _commands(compose["services"]["triton"])
+    assert [f for f in shared if f not in server] == []
+
+
+def test_triton_ports_gpu_and_health(compose) -> None:
+    triton = compose["services"]["triton"]
+    assert triton["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
+    for name in ("engines", "triton"):
+        (device,) = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] == 1
+    health = triton["healthcheck"]
+    assert set(health) <= HEALTHCHECK_KEYS and health["test"][0] == "CMD"
+    assert "http://localhost:8000/v2/health/ready" in " ".join(health["test"])
+    assert triton["depends_on"] == {"engines": {"condition": "service_completed_successfully"}}
+
+
+def test_perf_profile_runs_perf_analyzer_from_the_sdk_image(compose) -> None:
+    perf = compose["services"]["perf"]
+    assert perf["profiles"] == ["perf"]
+    assert perf["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_TAG}-sdk"
+    assert perf["depends_on"] == {"triton": {"condition": "service_healthy"}}
+    (command,) = _commands(perf)
+    assert command[:2] == ["python3", "client/perf_sweep.py"]
+    assert command[command.index("--url") + 1] == "triton:8001"
+    assert (REPO_ROOT / command[command.index("--input-data") + 1]).exists()
+
+
+def test_ngc_tag_is_pinned_once() -> None:
+    tag = _env_file()["TRITON_IMAGE_TAG"]
+    args = _dockerfile_args()
+    assert args["TRITON_IMAGE_TAG"] == tag, "Dockerfile ARG TRITON_IMAGE_TAG and .env disagree"
+    assert re.search(
+        r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_IMAGE_TAG\}$", (REPO_ROOT / "Dockerfile").read_text(), re.M
+    )
+    release = tag.split("-")[0]
+    assert args["TENSORRT_VERSION"] == NGC_TENSORRT[release], (
+        f"TensorRT of NGC {release} is {NGC_TENSORRT.get(release)}"
+    )
+    text = COMPOSE_FILE.read_text()
+    assert re.findall(r"nvcr\.io/nvidia/tritonserver:[^\s\"']+", text) == [
+        "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_TAG}-sdk"
+    ]
+    assert "TRITON_IMAGE_TAG: ${TRITON_IMAGE_TAG}" in text
+
+
+def test_dockerfile_copies_what_the_services_run(compose) -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for path in ("t2vserve", "export", "build", "client"):
+        assert re.search(rf"^COPY {path} \./{path}$", dockerfile, re.M), path
+    assert "RUN python build/build_engines.py --tensorrt-info" in dockerfile
+
+
+def _docker_compose() -> list[str] | None:
+    if shutil.which("docker") is None:
+        return None
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    return ["docker", "compose"] if probe.returncode == 0 else None
+
+
+def test_docker_compose_config_validates() -> None:
+    cli = _docker_compose()
+    if cli is None:
+        pytest.skip("no `docker compose` CLI here: the schema checks above stand in for it")
+    env = {**os.environ, "TRITON_ADMIN_KEY": "test-key"}
+    result = subprocess.run(
+        cli + ["--project-directory", str(REPO_ROOT), "--profile", "perf", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert set(resolved["services"]) == {"engines", "triton", "perf"}
+    assert "triton-admin-key=test-key" in " ".join(resolved["services"]["triton"]["command"])
+    env.pop("TRITON_ADMIN_KEY")
+    result = subprocess.run(cli + ["config", "-q"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert result.returncode != 0 and "TRITON_ADMIN_KEY" in result.stderr
+
+
+def test_service_commands_appear_verbatim_in_the_readme(compose) -> None:
+    # verbatim, except that the README may wrap a long command with shell line continuations (" \\" + newline)
+    readme = re.sub(r" \\\n\s*", " ", (REPO_ROOT / "README.md").read_text())
+    missing = [
+        f"{name}: {' '.join(command)}"
+        for name, service in compose["services"].items()
+        for command in _commands(service)
+        if " ".join(command) not in readme
+    ]
+    assert not missing, "README.md (section GPU host) does not state these commands:\n" + "\n".join(missing)

@@ -1,0 +1,404 @@
+"""TensorRT plans without a GPU: profiles from spec, plan metadata, stale-plan detection and refusal, the CLI.
+
+The TensorRT calls themselves (t2vserve/tensorrt_builder.py) are type-checked by `make typecheck`
+(mypy against tensorrt-stubs, run by .ci/run before the tests); here a fake backend stands in for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from t2vserve import engines
+from t2vserve.engines import (
+    BuilderSettings,
+    BuildJob,
+    EngineError,
+    EngineMetadata,
+    RuntimeInfo,
+    ShapeRange,
+    TensorRTUnavailable,
+)
+from t2vserve.repository import BATCHED_ENTRIES, ENGINE_IO, stale_files
+from t2vserve.spec import (
+    ENGINE_SLOTS,
+    GEOMETRY_FILE,
+    KV,
+    LATENTS,
+    SAMPLE,
+    TIMESTEP,
+    UNET_MAX_BATCH,
+    KVLayout,
+    ModelGeometry,
+)
+
+A100 = RuntimeInfo("10.5.0", "NVIDIA A100-SXM4-80GB", "8.0")
+
+
+def _geometry(preset: str) -> ModelGeometry:
+    """Geometries as the unet3d family derives them: the tiny demo model and ModelScope text-to-video-ms."""
+    if preset == "tiny":
+        layers = [("down.attn2", 8, 4), ("up.0.attn2", 8, 4), ("up.1.attn2", 8, 4), ("mid.attn2", 16, 4)]
+        return ModelGeometry("unet3d", "tiny", 4, 4, 2, 0.18215, 77, 32, KVLayout.from_layers(layers))
+    layers = [(f"block{i}.attn2", 5 * (1 + i % 4), 64) for i in range(16)]
+    return ModelGeometry("unet3d", "modelscope", 4, 8, 8, 0.18215, 77, 1024, KVLayout.from_layers(layers))
+
+
+@pytest.fixture(params=["tiny", "modelscope"])
+def geometry(request) -> ModelGeometry:
+    return _geometry(request.param)
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------------
+def test_profiles_name_every_onnx_input_with_its_rank(geometry) -> None:
+    for slot in ENGINE_SLOTS:
+        (profile,) = engines.slot_profiles(slot, geometry)
+        inputs, _ = ENGINE_IO[slot]
+        assert list(profile) == [t.name for t in inputs], slot
+        for tensor in inputs:
+            shape = profile[tensor.name]
+            assert len(shape.min) == len(tensor.dims), (slot, tensor.name)
+            assert all(lo <= mid <= hi for lo, mid, hi in zip(shape.min, shape.opt, shape.max))
+            for axis, dim in enumerate(tensor.dims):
+                if dim != -1:
+                    assert shape.min[axis] == shape.max[axis] == dim
+
+
+EXPECTED_SAMPLE = {  # worked out by hand from the presets: pixels // VAE scale, frames as given
+    "tiny": ((2, 4, 1, 8, 8), (2, 4, 8, 16, 16), (8, 4, 16, 32, 32)),
+    "modelscope": ((2, 4, 8, 32, 32), (2, 4, 24, 40, 72), (8, 4, 32, 72, 128)),
+}
+
+
+def test_unet_profiles_cfg_batch_frames_and_latent_resolution(geometry) -> None:
+    for slot in ("unet", "unet_int8"):
+        (profile,) = engines.slot_profiles(slot, geometry)
+        sample = profile[SAMPLE]
+        assert (sample.min, sample.opt, sample.max) == EXPECTED_SAMPLE[geometry.preset]
+        assert profile[TIMESTEP] == ShapeRange((2,), (2,), (UNET_MAX_BATCH,))
+        width = geometry.kv_layout.width
+        assert profile[KV] == ShapeRange((2, 77, width), (2, 77, width), (UNET_MAX_BATCH, 77, width))
+        # Triton refuses a config whose max_batch_size exceeds what the plan's profile allows
+        assert sample.max[0] >= BATCHED_ENTRIES[slot]
+
+
+def test_text_and_vae_profiles(geometry) -> None:
+    (text,) = engines.slot_profiles("text_encoder", geometry)
+    assert text["INPUT_IDS"] == ShapeRange((2, 77), (2, 77), (UNET_MAX_BATCH, 77))
+    (kv,) = engines.slot_profiles("kv_projector", geometry)
+    hidden = geometry.text_hidden_size
+    assert kv["TEXT_EMBEDS"] == ShapeRange((2, 77, hidden), (2, 77, hidden), (UNET_MAX_BATCH, 77, hidden))
+    (vae,) = engines.slot_profiles("vae_decoder", geometry)
+    assert vae[LATENTS] == EXPECTED_LATENTS[geometry.preset]  # frames are the VAE's batch: [frames, C, h, w]
+
+
+EXPECTED_LATENTS = {
+    "tiny": ShapeRange((1, 4, 8, 8), (8, 4, 16, 16), (16, 4, 32, 32)),
+    "modelscope": ShapeRange((8, 4, 32, 32), (24, 4, 40, 72), (32, 4, 72, 128)),
+}
+
+
+def test_every_request_the_preset_accepts_fits_the_profile(geometry) -> None:
+    ranges, scale = geometry.ranges(), geometry.vae_scale_factor
+    (profile,) = engines.slot_profiles("unet", geometry)
+    sample = profile[SAMPLE]
+    for name, axis in (("HEIGHT", 3), ("WIDTH", 4)):
+        allowed = [v for v in range(int(ranges[name].low), int(ranges[name].high) + 1) if ranges[name].contains(v)]
+        assert allowed, name
+        assert sample.min[axis] == min(allowed) // scale and sample.max[axis] == max(allowed) // scale
+    frames = ranges["NUM_FRAMES"]
+    assert (sample.min[2], sample.max[2]) == (frames.low, frames.high)
+    assert sample.opt[2:] == (
+        geometry.presets.num_frames,
+        geometry.presets.height // scale,
+        geometry.presets.width // scale,
+    )
+
+
+def test_pixel_range_rounds_to_allowed_multiples() -> None:
+    from t2vserve.spec import Range
+
+    assert engines._pixel_extent(Range(250, 580, 64), 320, 8) == engines.Extent(32, 40, 72)
+
+
+def test_shape_range_rejects_inconsistent_shapes() -> None:
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        ShapeRange((2, 4), (1, 4), (8, 4))
+    with pytest.raises(ValueError, match="ranks differ"):
+        ShapeRange((2,), (2, 4), (8, 4))
+
+
+def test_precision_per_slot() -> None:
+    assert engines.SLOT_PRECISION == {
+        "text_encoder": "fp16",
+        "kv_projector": "fp16",
+        "unet": "fp16",
+        "unet_int8": "int8",
+        "vae_decoder": "fp16",
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# A repository with fake ONNX files and a backend that counts its builds
+# --------------------------------------------------------------------------------------------------
+class FakeBackend:
+    def __init__(self, runtime: RuntimeInfo = A100, fail: bool = False) -> None:
+        self.runtime, self.fail, self.jobs = runtime, fail, []
+
+    def runtime_info(self) -> RuntimeInfo:
+        return self.runtime
+
+    def build_plan(self, job: BuildJob, log) -> None:
+        self.jobs.append(job)
+        if self.fail:
+            raise EngineError("builder crashed")
+        job.plan.write_bytes(b"plan:" + job.onnx.read_bytes())
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "model_repository"
+    (root / "scheduler" / "1").mkdir(parents=True)
+    (root / "scheduler" / "1" / GEOMETRY_FILE).write_text(_geometry("tiny").to_json())
+    for slot in ENGINE_SLOTS:
+        (root / slot / "1").mkdir(parents=True)
+        (root / slot / "1" / "model.onnx").write_bytes(f"onnx of {slot}".encode())
+    return root
+
+
+def _built(repo: Path, backend: FakeBackend | None = None, **kwargs) -> FakeBackend:
+    backend = backend or FakeBackend()
+    engines.ensure_engines(repo, ENGINE_SLOTS, backend, log=lambda _: None, **kwargs)
+    return backend
+
+
+def test_metadata_round_trip(repo) -> None:
+    _built(repo, settings=BuilderSettings(optimization_level=4, workspace_bytes=2**30, timing_cache="/cache/t.cache"))
+    path = repo / "unet_int8" / "1" / "model.plan.json"
+    meta = EngineMetadata.read(path)
+    assert EngineMetadata.from_json(meta.to_json()) == meta
+    assert meta.runtime == A100 and meta.precision == "int8"
+    assert meta.profiles == engines.slot_profiles("unet_int8", _geometry("tiny"))
+    assert meta.onnx_sha256 == engines.onnx_digest(repo / "unet_int8" / "1" / "model.onnx")
+    assert meta.builder == BuilderSettings(4, 2**30, "/cache/t.cache")
+    assert meta.plan_bytes == (repo / "unet_int8" / "1" / "model.plan").stat().st_size
+    raw = json.loads(path.read_text())
+    assert (
+        raw["gpu_name"] == A100.gpu_name and raw["compute_capability"] == "8.0" and raw["tensorrt_version"] == "10.5.0"
+    )
+    raw["format"] = 99
+    with pytest.raises(ValueError, match="format"):
+        EngineMetadata.from_json(json.dumps(raw))
+
+
+def test_up_to_date_plans_are_not_rebuilt(repo) -> None:
+    backend = _built(repo)
+    assert [job.slot for job in backend.jobs] == list(ENGINE_SLOTS)
+    assert engines.check_engines(repo, ENGINE_SLOTS, A100) == {}
+    lines: list[str] = []
+    built = engines.ensure_engines(repo, ENGINE_SLOTS, backend, log=lines.append)
+    assert built == [] and len(backend.jobs) == len(ENGINE_SLOTS)
+    assert sum("up to date" in line for line in lines) == len(ENGINE_SLOTS)
+    assert engines.ensure_engines(repo, ["unet"], backend, rebuild=True, log=lambda _: None) == ["unet"]
+
+
+def test_only_the_stale_plan_is_rebuilt(repo) -> None:
+    backend = _built(repo)
+    (repo / "vae_decoder" / "1" / "model.onnx").write_bytes(b"re-exported")
+    assert engines.ensure_engines(repo, ENGINE_SLOTS, backend, log=lambda _: None) == ["vae_decoder"]
+    assert engines.check_engines(repo, ENGINE_SLOTS, A100) == {}
+
+
+def test_build_jobs_carry_precision_profiles_and_settings(repo) -> None:
+    settings = BuilderSettings(optimization_level=5)
+    backend = _built(repo, settings=settings)
+    jobs = {job.slot: job for job in backend.jobs}
+    assert jobs["unet_int8"].precision == "int8" and jobs["unet"].precision == "fp16"
+    assert jobs["unet"].profiles == engines.slot_profiles("unet", _geometry("tiny"))
+    assert all(job.settings == settings and job.plan.name == "model.plan" for job in jobs.values())
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda repo: None, None),
+        (lambda repo: (repo / "unet" / "1" / "model.plan").unlink(), "missing ("),
+        (lambda repo: (repo / "unet" / "1" / "model.plan.json").unlink(), "missing metadata"),
+        (lambda repo: (repo / "unet" / "1" / "model.plan.json").write_text("{"), "unreadable metadata"),
+        (lambda repo: (repo / "unet" / "1" / "model.plan").write_bytes(b"x"), "replaced or truncated"),
+        (lambda repo: (repo / "unet" / "1" / "model.onnx").write_bytes(b"new weights"), "ONNX changed (hash "),
+        (lambda repo: (repo / "unet" / "1" / "model.onnx.data").write_bytes(b"external"), "ONNX changed (hash "),
+        (lambda repo: (repo / "unet" / "1" / "model.onnx").unlink(), "ONNX missing"),
+    ],
+)
+def test_stale_reasons_for_files(repo, change, reason) -> None:
+    _built(repo)
+    change(repo)
+    stale = engines.check_engines(repo, ENGINE_SLOTS, A100)
+    if reason is None:
+        assert stale == {}
+    else:
+        assert list(stale) == ["unet"]
+        assert any(reason in r for r in stale["unet"]), stale
+
+
+def test_stale_for_another_tensorrt_or_gpu(repo) -> None:
+    _built(repo)
+    newer = replace(A100, tensorrt_version="10.6.0")
+    assert engines.stale_reasons(repo, "unet", _geometry("tiny"), newer) == [
+        "built for TensorRT 10.5.0, running 10.6.0"
+    ]
+    h100 = RuntimeInfo("10.5.0", "NVIDIA H100 80GB HBM3", "9.0")
+    assert engines.stale_reasons(repo, "unet", _geometry("tiny"), h100) == [
+        "built for GPU NVIDIA A100-SXM4-80GB sm_80, this is NVIDIA H100 80GB HBM3 sm_90"
+    ]
+    # unknown runtime (no TensorRT here): the other checks still pass
+    assert engines.stale_reasons(repo, "unet", _geometry("tiny"), None) == []
+
+
+def test_stale_when_spec_implies_other_profiles_or_precision(repo) -> None:
+    _built(repo)
+    same_model_other_preset = replace(_geometry("tiny"), preset="modelscope")
+    reasons = engines.stale_reasons(repo, "unet", same_model_other_preset, A100)
+    assert reasons == ["optimization profiles changed (SAMPLE min [2, 4, 1, 8, 8] -> [2, 4, 8, 64, 64])"]
+    meta_path = repo / "unet_int8" / "1" / "model.plan.json"
+    meta = json.loads(meta_path.read_text())
+    meta["precision"] = "fp16"
+    meta_path.write_text(json.dumps(meta))
+    assert engines.stale_reasons(repo, "unet_int8", _geometry("tiny"), A100) == ["precision changed (fp16 -> int8)"]
+
+
+def test_failed_build_leaves_no_plan_that_looks_current(repo) -> None:
+    _built(repo)
+    (repo / "text_encoder" / "1" / "model.onnx").write_bytes(b"changed")
+    with pytest.raises(EngineError, match="builder crashed"):
+        _built(repo, FakeBackend(fail=True))
+    assert "missing metadata" in engines.check_engines(repo, ["text_encoder"], A100)["text_encoder"][0]
+
+
+def test_missing_onnx_or_geometry_says_export_first(repo) -> None:
+    (repo / "kv_projector" / "1" / "model.onnx").unlink()
+    with pytest.raises(EngineError, match="export"):
+        _built(repo)
+    (repo / "scheduler" / "1" / GEOMETRY_FILE).unlink()
+    with pytest.raises(EngineError, match="export"):
+        engines.check_engines(repo, ENGINE_SLOTS, A100)
+
+
+def test_refusal_message_names_plans_reasons_and_rebuild(repo) -> None:
+    _built(repo)
+    stale = engines.check_engines(repo, ENGINE_SLOTS, replace(A100, tensorrt_version="10.6.0"))
+    message = engines.refusal_message(repo, stale)
+    assert "refusing to serve stale TensorRT plans" in message
+    for slot in ENGINE_SLOTS:
+        assert f"{slot}: built for TensorRT 10.5.0, running 10.6.0" in message
+    assert (
+        "python build/build_engines.py --rebuild" in message and "docker compose run --rm engines --rebuild" in message
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# build/build_engines.py (engines.main) with injected backend and exec
+# --------------------------------------------------------------------------------------------------
+def _main(repo: Path, *argv: str, backend: FakeBackend | None = None, unavailable: bool = False):
+    lines: list[str] = []
+    execs: list[list[str]] = []
+
+    def loader():
+        if unavailable:
+            raise TensorRTUnavailable("TensorRT is not importable here (test)")
+        return backend or FakeBackend()
+
+    code = engines.main(
+        ["--repository", str(repo), "--timing-cache", str(repo / "t.cache"), *argv], loader, execs.append, lines.append
+    )
+    return code, "\n".join(lines), execs
+
+
+def test_cli_builds_then_skips(repo) -> None:
+    backend = FakeBackend()
+    code, out, _ = _main(repo, "--opt-level", "5", "--workspace-gb", "2", backend=backend)
+    assert code == 0 and len(backend.jobs) == 5
+    assert backend.jobs[0].settings == BuilderSettings(5, 2 * 2**30, str(repo / "t.cache"))
+    code, out, _ = _main(repo, "--slots", "unet,vae_decoder", backend=backend)
+    assert code == 0 and len(backend.jobs) == 5 and "unet: up to date" in out and "0 plan(s) built" in out
+
+
+def test_cli_check_execs_the_server_only_when_fresh(repo) -> None:
+    _built(repo)
+    code, out, execs = _main(repo, "--check", "--", "tritonserver", "--model-repository=/models")
+    assert code == 0 and execs == [["tritonserver", "--model-repository=/models"]]
+    code, out, execs = _main(
+        repo,
+        "--check",
+        "--",
+        "tritonserver",
+        backend=FakeBackend(replace(A100, gpu_name="NVIDIA L4", compute_capability="8.9")),
+    )
+    assert code == engines.EXIT_STALE and execs == []
+    assert "built for GPU NVIDIA A100-SXM4-80GB sm_80, this is NVIDIA L4 sm_89" in out and "--rebuild" in out
+
+
+def test_cli_without_tensorrt(repo) -> None:
+    code, out, _ = _main(repo, unavailable=True)
+    assert code == engines.EXIT_NO_TENSORRT and "not importable" in out
+    code, out, execs = _main(repo, "--check", "--", "tritonserver", unavailable=True)  # nothing built: stale anyway
+    assert code == engines.EXIT_STALE and "missing (" in out and execs == []
+    _built(repo)
+    code, out, execs = _main(repo, "--check", "--", "tritonserver", unavailable=True)
+    assert code == engines.EXIT_NO_TENSORRT and "cannot verify" in out and execs == []
+
+
+class NoGpuBackend(FakeBackend):
+    def runtime_info(self) -> RuntimeInfo:
+        raise TensorRTUnavailable("no CUDA driver (libcuda.so.1)")
+
+
+def test_cli_without_a_gpu(repo) -> None:
+    code, out, _ = _main(repo, "--rebuild", backend=NoGpuBackend())
+    assert code == engines.EXIT_NO_TENSORRT and "no CUDA driver" in out
+
+
+def test_cli_rejects_a_command_without_check(repo) -> None:
+    with pytest.raises(SystemExit):
+        _main(repo, "--", "tritonserver")
+
+
+def test_tensorrt_builder_import_fails_clearly_without_tensorrt() -> None:
+    spec = importlib.util.find_spec("tensorrt")
+    if spec is not None and spec.origin is not None:
+        pytest.skip("a real tensorrt is installed here")
+    with pytest.raises(ImportError):
+        importlib.import_module("t2vserve.tensorrt_builder")
+    with pytest.raises(TensorRTUnavailable, match="not importable"):
+        engines.tensorrt_backend()
+
+
+# --------------------------------------------------------------------------------------------------
+# Export step of the compose engines service
+# --------------------------------------------------------------------------------------------------
+def test_export_is_skipped_only_for_the_same_source(repo, tmp_path) -> None:
+    weights = tmp_path / "weights"
+    assert engines.export_source(weights) == {"source": "tiny"}  # no model there: the tiny model
+    (weights / "unet").mkdir(parents=True)
+    (weights / "model_index.json").write_text("{}")
+    (weights / "unet" / "config.json").write_text('{"in_channels": 4}')
+    source = engines.export_source(weights)
+    assert source["source"] == "weights"
+    marker = repo / "scheduler" / "1" / engines.EXPORT_SOURCE_FILE
+    marker.write_text(json.dumps(source))
+    assert engines.export_is_current(repo, source)
+    lines: list[str] = []
+    engines.export_if_needed(repo, weights, None, False, lines.append)
+    assert "already in" in lines[0] and "skipped" in lines[0]
+    assert stale_files(repo) == []  # the generated configs were written (refreshed) all the same
+    (weights / "unet" / "config.json").write_text('{"in_channels": 8}')
+    assert not engines.export_is_current(repo, engines.export_source(weights))
+    assert not engines.export_is_current(repo, {"source": "tiny"})
