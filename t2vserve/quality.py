@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command = "make quality" if args.limit is None else f"python -m t2vserve.quality --limit {args.limit}"
     start = time.perf_counter()
-    with EmbeddedTritonServer(args.repository, log_path=args.out.parent / "quality-tritonserver.log") as server:
+    log_path = REPO_ROOT / "outputs" / "quality-tritonserver.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with EmbeddedTritonServer(args.repository, log_path=log_path) as server:
         with T2VClient(server.grpc_url, "grpc") as client:
             report = evaluate(client, load_quality_set(args.quality_set), args.repository, args.limit)
     text = markdown(report, command)
