@@ -16,9 +16,10 @@ from .client import GenerationRequest, T2VClient
 from .export import DEFAULT_TINY_DIR, export_model, quiet_libraries
 from .families import get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
+from .spec import UNET_TRACKS
 from .video import decode_mp4
 
-STAGES = ("preprocess", "text_encoder", "kv_projector", "scheduler", "unet", "vae_decoder", "postprocess", "t2v")
+STAGES = ("preprocess", "text_encoder", "kv_projector", "scheduler", *UNET_TRACKS.values(), "vae_decoder", "postprocess", "t2v")
 
 
 def stage_times(url: str) -> dict[str, tuple[int, float]]:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<36}{seconds:8.2f}")
     print("\nserved request, per model (Triton statistics: executions, compute ms)")
     for name in STAGES:
-        if name in served:
+        if name in served and (served[name][0] or name not in UNET_TRACKS.values()):  # the track that ran
             count, ms = served[name]
             print(f"  {name:<16}{count:6d} x {ms:10.1f} ms")
     print(f"\nprompt: {args.prompt!r}  seed: {result.seed}")

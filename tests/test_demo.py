@@ -18,6 +18,6 @@ def test_demo_writes_playable_mp4_and_prints_stage_timings(tiny_model_dir, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     frames, fps = decode_mp4(out.read_bytes())
     assert len(frames) == 6 and fps == PRESETS["tiny"].fps
-    for stage in ("export ONNX", "start tritonserver", "request over gRPC", "unet", "vae_decoder", "postprocess"):
+    for stage in ("export ONNX", "start tritonserver", "request over gRPC", "unet_int8", "vae_decoder", "postprocess"):
         assert stage in done.stdout
     assert f"wrote {out}: 6 frames" in done.stdout
