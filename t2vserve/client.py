@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import DEFAULT_PRECISION, MP4, PARAMETERS, UNET_TRACKS, VIDEO
+from .spec import DEFAULT_PRECISION, MP4, NUMPY_DTYPES, PARAMETERS, UNET_TRACKS, VIDEO, WIRE_DTYPES
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
-NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32}
-TRITON_TYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP32": "FP32"}
 
 
 @dataclass
@@ -47,7 +45,7 @@ class GenerationRequest:
                 continue
             if param.triton_dtype == "TYPE_STRING":
                 value = value.encode("utf-8") if isinstance(value, str) else value
-            out[param.name] = np.array([value], dtype=NUMPY_TYPES[param.triton_dtype])
+            out[param.name] = np.array([value], dtype=NUMPY_DTYPES[param.triton_dtype])
         return out
 
 
@@ -76,7 +74,7 @@ class T2VClient:
         self._client = module.InferenceServerClient(self.url, **kwargs)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        dtypes = {p.name: TRITON_TYPES[p.triton_dtype] for p in PARAMETERS}
+        dtypes = {p.name: WIRE_DTYPES[p.triton_dtype] for p in PARAMETERS}
         inputs = []
         for name, array in request.tensors().items():
             tensor = self._module.InferInput(name, list(array.shape), dtypes[name])

@@ -244,3 +244,7 @@ class ModelGeometry:
 
 
 GEOMETRY_FILE = "t2v_model.json"
+
+#: Config data types of the ensemble's parameters -> numpy dtype and the wire name tritonclient uses.
+NUMPY_DTYPES: dict[str, Any] = {"TYPE_STRING": object, "TYPE_INT32": "int32", "TYPE_INT64": "int64", "TYPE_FP32": "float32"}
+WIRE_DTYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP32": "FP32"}

@@ -6,10 +6,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..params import resolve, tokenize_pair
-from ..spec import GEOMETRY_FILE, INPUT_IDS, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
+from ..spec import GEOMETRY_FILE, INPUT_IDS, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
 from .common import error_response, optional_input, version_dir
 
-NUMPY_TYPES = {"TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}
 
 
 class TritonPythonModel:
@@ -31,7 +30,7 @@ class TritonPythonModel:
             outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
             for name, value in resolved.resolved().items():
                 value = value.encode("utf-8") if isinstance(value, str) else value
-                outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_TYPES[RESOLVED_PARAMETERS[name]])))
+                outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_DTYPES[RESOLVED_PARAMETERS[name]])))
             return pb_utils.InferenceResponse(outputs)
         except Exception as exc:  # every failure becomes an error response; the model keeps serving
             return error_response(exc)
