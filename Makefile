@@ -4,11 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= a red panda eating bamboo in a misty forest, cinematic
+MODEL  ?= unet3d
 
 .PHONY: help install model demo test quality sweep bench serve configs check-configs clean typecheck
 
 help:
 	@echo "make demo    build the tiny model, export it, serve it on tritonserver, write outputs/demo.mp4"
+	@echo "             (MODEL=wan22: the tiny Wan2.2 model -> outputs/demo-wan22.mp4)"
 	@echo "make test    run the test suite (starts real tritonserver instances)"
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
 	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
@@ -28,7 +30,7 @@ model: $(STAMP)
 	$(BIN)/python export/export_onnx.py --tiny
 
 demo: $(STAMP)
-	$(BIN)/python -m t2vserve.demo --prompt "$(PROMPT)"
+	$(BIN)/python -m t2vserve.demo --model "$(MODEL)" --prompt "$(PROMPT)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

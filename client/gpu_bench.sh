@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU benchmark as run on a GPU machine without network (the workplace's device tool):
 #   bash client/gpu_bench.sh install   WHEEL_DIR   # (as often as needed) add wheels the machine lacks
-#   bash client/gpu_bench.sh inprocess [WHEEL_DIR] # diffusers eager vs runner modules, UNet steps, VAE
+#   bash client/gpu_bench.sh inprocess [WHEEL_DIR] # diffusers eager vs runner modules, denoiser steps, VAE
 #   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
+# PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, CONCURRENCY (default 1,2,4),
+# EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; the model and repository are
+# kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them.
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
 # Triton Python stub ignores PYTHONPATH; numpy 1.26 there because the Python backend of Triton 2.51
@@ -34,10 +37,12 @@ site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
-T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); from transformers import CLIPTextModel, CLIPTokenizer; from diffusers import AutoencoderKL, UNet3DConditionModel; import av, t2vserve.triton_models'
+T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); import diffusers, transformers, av, t2vserve.families'
 
 pa=/tmp/site/perf_analyzer/bin/perf_analyzer
 extra=()
 if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
-python3 client/bench.py "$part" --device cuda --model modelscope --steps 20 --frames 24 \
-  --repeats 2 --per-client 2 --out "$out/bench-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$part.log"
+preset=${PRESET:-modelscope}
+python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
+  ${FRAMES:+--frames "$FRAMES"} --concurrency "${CONCURRENCY-1,2,4}" --work "/tmp/t2v-bench-$preset" \
+  --repeats "${REPEATS:-2}" --per-client 2 --out "$out/bench-$preset-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset-$part.log"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import DEFAULT_PRECISION, MP4, NUMPY_DTYPES, PARAMETERS, UNET_TRACKS, VIDEO, WIRE_DTYPES
+from .spec import MP4, NUMPY_DTYPES, PARAMETERS, VIDEO, WIRE_DTYPES
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 
@@ -35,6 +35,7 @@ class GenerationRequest:
     num_frames: int | None = None
     fps: int | None = None
     precision: str | None = None
+    sampler: str | None = None
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Input arrays by ensemble input name, only for the parameters that are set."""
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--fps", type=int, default=None)
-    parser.add_argument("--precision", choices=sorted(UNET_TRACKS), default=None, help=f"UNet track (server default: {DEFAULT_PRECISION})")
+    parser.add_argument("--precision", default=None, help="denoiser track: unet3d int8 (default) | fp16; wan22 bf16 (the server checks)")
+    parser.add_argument("--sampler", default=None, help="unet3d: ddim; wan22: unipc (default) | euler (the server checks)")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")

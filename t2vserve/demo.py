@@ -13,13 +13,16 @@ import time
 from pathlib import Path
 
 from .client import GenerationRequest, T2VClient
-from .export import DEFAULT_TINY_DIR, export_model, quiet_libraries
-from .families import get_family
+from .export import TINY_PRESETS, ensure_tiny_model, export_model, quiet_libraries, tiny_dir
+from .families import DEFAULT_FAMILY, FAMILIES, get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
-from .spec import UNET_TRACKS
+from .spec import DENOISER
 from .video import decode_mp4
 
-STAGES = ("preprocess", "text_encoder", "kv_projector", "scheduler", *UNET_TRACKS.values(), "vae_decoder", "postprocess", "t2v")
+
+def default_repository(family: str) -> Path:
+    """The committed repository serves the default family; other families' demos export beside it."""
+    return DEFAULT_MODEL_REPOSITORY if family == DEFAULT_FAMILY else REPO_ROOT / "artifacts" / f"model_repository-{family}"
 
 
 def stage_times(url: str) -> dict[str, tuple[int, float]]:
@@ -38,52 +41,56 @@ def stage_times(url: str) -> dict[str, tuple[int, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="model family of the tiny demo model")
     parser.add_argument("--prompt", default="a red panda eating bamboo in a misty forest, cinematic")
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "demo.mp4")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--out", type=Path, default=None, help="default outputs/demo.mp4 (unet3d), outputs/demo-<family>.mp4")
+    parser.add_argument("--repository", type=Path, default=None, help="default: model_repository/ (unet3d), artifacts/model_repository-<family>")
     parser.add_argument("--calibration-prompts", type=int, default=None, help="INT8 calibration prompts (default: all)")
-    parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR, help="where the tiny model is (built if absent)")
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="where the tiny model is (built if absent; default artifacts/tiny-<family>)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
     quiet_libraries()
-    if (args.tiny_dir / "model_index.json").exists():
-        print(f"using the tiny model in {args.tiny_dir}")
-    else:
-        get_family("unet3d").build_tiny_model(args.tiny_dir)
-    timings.append(("build tiny model", time.perf_counter() - start))
+    model_dir = ensure_tiny_model(args.model, args.tiny_dir or tiny_dir(args.model))
+    repository = args.repository or default_repository(args.model)
+    timings.append((f"tiny {args.model} model", time.perf_counter() - start))
     start = time.perf_counter()
-    export_model(args.tiny_dir, args.repository, "tiny", calibration_prompts=args.calibration_prompts)
-    timings.append(("export ONNX + INT8 UNet", time.perf_counter() - start))
+    geometry = export_model(model_dir, repository, TINY_PRESETS[args.model], calibration_prompts=args.calibration_prompts)
+    timings.append(("export ONNX (+ INT8 tracks)", time.perf_counter() - start))
+    slots = get_family(args.model).slots_of(geometry)
+    denoisers = [slot.name for slot in slots if slot.role == DENOISER]
+    names = [slot.name for slot in slots]  # text encoder, K/V projector, denoisers, VAE decoder
+    stages = ["preprocess", *names[:2], "scheduler", *names[2:], "postprocess", "t2v"]
 
     log_path = REPO_ROOT / "outputs" / "tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with EmbeddedTritonServer(args.repository, log_path=log_path) as server:
+    with EmbeddedTritonServer(repository, log_path=log_path) as server:
         timings.append(("start tritonserver", time.perf_counter() - start))
         print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url} (log: {log_path})", flush=True)
         with T2VClient(server.grpc_url, "grpc") as client:
             result = client.generate(GenerationRequest(args.prompt, seed=args.seed, num_frames=args.num_frames))
         timings.append(("request over gRPC (end to end)", result.seconds))
         served = stage_times(server.grpc_url)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(result.mp4)
+    out = args.out or REPO_ROOT / "outputs" / ("demo.mp4" if args.model == DEFAULT_FAMILY else f"demo-{args.model}.mp4")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.mp4)
     frames, fps = decode_mp4(result.mp4)
 
     print("\nstage                                 seconds")
     for name, seconds in timings:
         print(f"  {name:<36}{seconds:8.2f}")
     print("\nserved request, per model (Triton statistics: executions, compute ms)")
-    for name in STAGES:
-        if name in served and (served[name][0] or name not in UNET_TRACKS.values()):  # the track that ran
+    for name in stages:
+        if name in served and (served[name][0] or name not in denoisers):  # the tracks that ran
             count, ms = served[name]
             print(f"  {name:<16}{count:6d} x {ms:10.1f} ms")
     print(f"\nprompt: {args.prompt!r}  seed: {result.seed}")
-    print(f"wrote {args.out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps, {len(result.mp4)} bytes")
+    print(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps, {len(result.mp4)} bytes")
     return 0
 
 

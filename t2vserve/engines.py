@@ -30,21 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from .families import get_family
+from .families.base import Extent, Slot
 from .repository import write_repository
-from .spec import (
-    ENGINE_SLOTS,
-    GEOMETRY_FILE,
-    INPUT_IDS,
-    KV,
-    LATENTS,
-    SAMPLE,
-    TEXT_EMBEDS,
-    TIMESTEP,
-    UNET_MAX_BATCH,
-    UNET_TRACKS,
-    ModelGeometry,
-    Range,
-)
+from .spec import GEOMETRY_FILE, ModelGeometry
 
 PLAN_FILE = "model.plan"
 METADATA_FILE = "model.plan.json"
@@ -53,13 +42,6 @@ METADATA_FORMAT = 1
 #: Written next to the geometry by the export step of the compose ``engines`` service (what was exported).
 EXPORT_SOURCE_FILE = "export_source.json"
 
-#: One classifier-free-guidance pair (unconditional + conditional): the batch of one request.
-CFG_BATCH = 2
-
-#: Precision of each slot's plan. "fp16": FP16 kernels allowed everywhere (I/O stays FP32, as the
-#: configs declare). "int8": explicit quantization from the Q/DQ nodes of the ONNX, FP16 for the layers
-#: the INT8 recipe keeps in floating point.
-SLOT_PRECISION: dict[str, str] = {slot: "fp16" for slot in ENGINE_SLOTS} | {UNET_TRACKS["int8"]: "int8"}
 
 REBUILD_COMMAND = "python build/build_engines.py --rebuild"
 COMPOSE_REBUILD_COMMAND = "docker compose run --rm engines --rebuild"
@@ -107,58 +89,14 @@ class ShapeRange:
 Profile = dict[str, ShapeRange]
 
 
-@dataclass(frozen=True)
-class Extent:
-    """One dynamic dimension: smallest, most frequent and largest value."""
-
-    min: int
-    opt: int
-    max: int
-
-
 Dim = Extent | int
 
 
-def _pixel_extent(allowed: Range, default: int, scale: int) -> Extent:
-    """Latent extent of a pixel range: its smallest and largest allowed multiple, divided by the VAE scale."""
-    step = max(allowed.multiple_of, 1)
-    low = -(-int(allowed.low) // step) * step
-    high = int(allowed.high) // step * step
-    return Extent(low // scale, default // scale, high // scale)
-
-
-def dynamic_extents(geometry: ModelGeometry) -> dict[str, Extent]:
-    """Every dynamic axis of the engine slots, from the model's preset (spec is the source of truth).
-
-    ``batch``: CFG pairs, one per request, up to ``UNET_MAX_BATCH`` samples (Triton batches the UNets
-    across requests); ``frames``/``latent_*``: the preset's ranges, optimized for its defaults.
-    """
-    preset, ranges, scale = geometry.presets, geometry.ranges(), geometry.vae_scale_factor
-    return {
-        "batch": Extent(CFG_BATCH, CFG_BATCH, UNET_MAX_BATCH),
-        "frames": Extent(preset.frames_range[0], preset.num_frames, preset.frames_range[1]),
-        "latent_height": _pixel_extent(ranges["HEIGHT"], preset.height, scale),
-        "latent_width": _pixel_extent(ranges["WIDTH"], preset.width, scale),
-    }
-
-
-def slot_input_dims(geometry: ModelGeometry) -> dict[str, dict[str, tuple[Dim, ...]]]:
-    """Slot -> ONNX input name -> dimensions (an ``Extent`` where dynamic, an int where fixed)."""
-    ext = dynamic_extents(geometry)
-    batch, frames, height, width = ext["batch"], ext["frames"], ext["latent_height"], ext["latent_width"]
-    seq, channels = geometry.text_max_length, geometry.latent_channels
-    unet: dict[str, tuple[Dim, ...]] = {
-        SAMPLE: (batch, channels, frames, height, width),
-        TIMESTEP: (batch,),
-        KV: (batch, seq, geometry.kv_layout.width),
-    }
-    return {
-        "text_encoder": {INPUT_IDS: (batch, seq)},
-        "kv_projector": {TEXT_EMBEDS: (batch, seq, geometry.text_hidden_size)},
-        **{slot: dict(unet) for slot in UNET_TRACKS.values()},
-        # the VAE decodes the frames of one clip as its batch
-        "vae_decoder": {LATENTS: (frames, channels, height, width)},
-    }
+def slot_input_dims(slot: Slot, geometry: ModelGeometry) -> dict[str, tuple[Dim, ...]]:
+    """ONNX input name -> dimensions (an ``Extent`` where dynamic, an int where fixed), from the slot declaration."""
+    family = get_family(geometry.family)
+    values: dict[str, Dim] = {**family.constants(geometry), **family.extents(geometry)}
+    return {t.name: tuple(d if isinstance(d, int) else values[d] for d in t.dims) for t in slot.inputs}
 
 
 def _shape_range(dims: tuple[Dim, ...]) -> ShapeRange:
@@ -166,12 +104,22 @@ def _shape_range(dims: tuple[Dim, ...]) -> ShapeRange:
     return ShapeRange(*(tuple(pick(d, key) for d in dims) for key in ("min", "opt", "max")))
 
 
+def geometry_slots(geometry: ModelGeometry) -> tuple[Slot, ...]:
+    """The engine slots of the model a repository serves."""
+    return get_family(geometry.family).slots_of(geometry)
+
+
+def find_slot(name: str, geometry: ModelGeometry) -> Slot:
+    for slot in geometry_slots(geometry):
+        if slot.name == name:
+            return slot
+    raise KeyError(f"unknown engine slot {name!r}; slots: {', '.join(s.name for s in geometry_slots(geometry))}")
+
+
 def slot_profiles(slot: str, geometry: ModelGeometry) -> tuple[Profile, ...]:
     """The optimization profiles of ``slot``'s plan (one profile covering the preset's whole range)."""
-    dims = slot_input_dims(geometry)
-    if slot not in dims:
-        raise KeyError(f"unknown engine slot {slot!r}; slots: {', '.join(ENGINE_SLOTS)}")
-    return ({name: _shape_range(d) for name, d in dims[slot].items()},)
+    dims = slot_input_dims(find_slot(slot, geometry), geometry)
+    return ({name: _shape_range(d) for name, d in dims.items()},)
 
 
 def profiles_to_json(profiles: Sequence[Profile]) -> list[dict[str, dict[str, list[int]]]]:
@@ -344,8 +292,9 @@ def stale_reasons(repository: Path, slot: str, geometry: ModelGeometry, runtime:
         digest = onnx_digest(onnx)
         if digest != meta.onnx_sha256:
             reasons.append(f"ONNX changed (hash {meta.onnx_sha256[:12]} -> {digest[:12]})")
-    if meta.precision != SLOT_PRECISION[slot]:
-        reasons.append(f"precision changed ({meta.precision} -> {SLOT_PRECISION[slot]})")
+    precision = find_slot(slot, geometry).precision
+    if meta.precision != precision:
+        reasons.append(f"precision changed ({meta.precision} -> {precision})")
     wanted = slot_profiles(slot, geometry)
     if meta.profiles != wanted:
         reasons.append(f"optimization profiles changed ({_describe_profile_change(meta.profiles, wanted)})")
@@ -422,7 +371,8 @@ def ensure_engines(
         log(f"{slot}: building ({'; '.join(reasons) if reasons else 'rebuild requested'})")
         (directory / METADATA_FILE).unlink(missing_ok=True)
         digest = onnx_digest(onnx)  # of what the build reads, taken before it starts
-        job = BuildJob(slot, onnx, directory / PLAN_FILE, SLOT_PRECISION[slot], slot_profiles(slot, geometry), settings)
+        precision = find_slot(slot, geometry).precision
+        job = BuildJob(slot, onnx, directory / PLAN_FILE, precision, slot_profiles(slot, geometry), settings)
         start = time.monotonic()
         backend.build_plan(job, log)
         metadata = EngineMetadata(
@@ -463,10 +413,11 @@ def export_source(weights: Path | None) -> dict[str, Any]:
 def export_is_current(repository: Path, source: Mapping[str, Any]) -> bool:
     """Whether ``repository`` holds an export (geometry and every slot's ONNX) of ``source``."""
     marker = Path(repository) / "scheduler" / "1" / EXPORT_SOURCE_FILE
-    exported = (Path(repository) / "scheduler" / "1" / GEOMETRY_FILE).exists() and all(
-        (slot_dir(repository, slot) / ONNX_FILE).exists() for slot in ENGINE_SLOTS
-    )
-    return exported and marker.exists() and json.loads(marker.read_text()) == dict(source)
+    if not (Path(repository) / "scheduler" / "1" / GEOMETRY_FILE).exists() or not marker.exists():
+        return False
+    slots = geometry_slots(load_geometry(repository))
+    exported = all((slot_dir(repository, slot.name) / ONNX_FILE).exists() for slot in slots)
+    return exported and json.loads(marker.read_text()) == dict(source)
 
 
 def export_if_needed(
@@ -475,7 +426,8 @@ def export_if_needed(
     """Export ``weights`` (a diffusers directory) or, without one, the tiny demo model, unless already exported."""
     source = export_source(weights)
     if export_is_current(repository, source) and not reexport:
-        write_repository(repository)  # configs follow this version of spec even when the export is reused
+        geometry = load_geometry(repository)  # configs follow this version of the declarations when the export is reused
+        write_repository(repository, geometry.family, geometry.experts)
         log(f"export of the {source['source']} model already in {repository}: skipped (--reexport redoes it)")
         return
     args = ["--repository", str(repository)]
@@ -505,11 +457,16 @@ def tensorrt_backend() -> Backend:
 
 
 def _slots(text: str) -> list[str]:
-    slots = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in slots if s not in ENGINE_SLOTS]
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def resolve_slots(repository: Path, requested: Sequence[str] | None) -> list[str]:
+    """The requested slots (default: every slot of the exported model), checked against the model's."""
+    known = [slot.name for slot in geometry_slots(load_geometry(repository))]
+    unknown = [s for s in requested or () if s not in known]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown slot(s) {', '.join(unknown)}; slots: {','.join(ENGINE_SLOTS)}")
-    return slots
+        raise EngineError(f"unknown slot(s) {', '.join(unknown)}; this model's slots: {','.join(known)}")
+    return list(requested or known)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -518,7 +475,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Build (or --check) the TensorRT plans of the engine slots from their ONNX.")
     p.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     p.add_argument(
-        "--slots", type=_slots, default=list(ENGINE_SLOTS), help=f"comma-separated (default: {','.join(ENGINE_SLOTS)})"
+        "--slots", type=_slots, default=None, help="comma-separated (default: every slot of the exported model)"
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--rebuild", action="store_true", help="rebuild the selected plans even when up to date")
@@ -575,15 +532,16 @@ def main(
     try:
         if args.export_from is not None:
             export_if_needed(args.repository, args.export_from, args.preset, args.reexport, log)
+        slots = resolve_slots(args.repository, args.slots)
         if args.check:
-            return _check(args.repository, args.slots, backend_loader, command, exec_command, log)
+            return _check(args.repository, slots, backend_loader, command, exec_command, log)
         settings = BuilderSettings(
             optimization_level=args.opt_level,
             workspace_bytes=int(args.workspace_gb * 2**30) if args.workspace_gb else None,
             timing_cache=str(args.timing_cache) if args.timing_cache else None,
         )
-        built = ensure_engines(args.repository, args.slots, backend_loader(), settings, args.rebuild, log)
-        log(f"{len(built)} plan(s) built, {len(args.slots) - len(built)} up to date")
+        built = ensure_engines(args.repository, slots, backend_loader(), settings, args.rebuild, log)
+        log(f"{len(built)} plan(s) built, {len(slots) - len(built)} up to date")
         return 0
     except TensorRTUnavailable as exc:
         log(

@@ -16,49 +16,68 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .families import get_family
+from .families import family_of, get_family
+from .families.base import Family, Slot
 from .onnx_export import compare_with_torch, export_graph
-from .repository import write_repository
-from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_unet, weight_bytes
+from .repository import write_repository
 from .runners import SOURCE_FILE
-from .spec import ENGINE_SLOTS, GEOMETRY_FILE, PRESETS, TIMESTEP, UNET_TRACKS, ModelGeometry
+from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
+from .spec import GEOMETRY_FILE, PRESETS, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 
-DEFAULT_TINY_DIR = REPO_ROOT / "artifacts" / "tiny-unet3d"
 #: fp32 ONNX Runtime vs torch on random inputs: max abs difference allowed per graph.
 ONNX_TOLERANCE = 1e-4
 #: Entries that need the geometry file, and the one that needs the tokenizer.
 GEOMETRY_ENTRIES = ("preprocess", "scheduler")
-#: Written next to the INT8 UNet: recipe, calibration and weight sizes.
+#: Written next to an INT8 denoiser: recipe, calibration and weight sizes.
 QUANTIZATION_REPORT = "quantization.json"
+#: The tiny demo preset of each family.
+TINY_PRESETS = {"unet3d": "tiny", "wan22": "wan22-tiny"}
 
 
-def check_inputs(graph, grow: int = 1) -> dict[str, torch.Tensor]:
-    """Random inputs like the graph's examples, each dynamic axis grown by ``grow`` step."""
-    inputs = {}
-    for name, example in graph.example_inputs.items():
-        shape = list(example.shape)
-        for axis, label in graph.dynamic_axes.get(name, {}).items():
-            shape[axis] += grow * (1 if label in ("batch", "frames") else 2)
-        if example.dtype == torch.int64:
-            inputs[name] = torch.randint(0, int(example.max()) + 1, shape)
-        elif name == TIMESTEP:
-            inputs[name] = torch.randint(0, 1000, shape).float()
-        else:
-            inputs[name] = torch.randn(shape)
-    return inputs
+def tiny_dir(family: str) -> Path:
+    """Where the tiny demo model of ``family`` is built (git-ignored)."""
+    return REPO_ROOT / "artifacts" / f"tiny-{family}"
+
+
+DEFAULT_TINY_DIR = tiny_dir("unet3d")
+
+
+def export_slot(slot: Slot, components: Any, geometry: ModelGeometry, path: Path, check: bool = True) -> Path:
+    """Export one slot's module to ONNX with its declared exporter; check it against torch on other shapes."""
+    family = get_family(geometry.family)
+    module = slot.onnx_module(components, geometry).eval()
+    example = slot.example_inputs(family.example_values(geometry), geometry.vocab_size)
+    if slot.exporter == "dynamo":
+        from .onnx_dynamo import export_dynamo
+
+        export_dynamo(module, example, slot.output_names, slot.dynamic_axes(), path)
+    else:
+        export_graph(slot.name, module, example, slot.output_names, slot.dynamic_axes(), path)
+    if check:
+        error = check_slot(slot, module, geometry, path)
+        log.info("checked %s: max |onnxruntime - torch| = %.2e", slot.name, error)
+        if error > ONNX_TOLERANCE:
+            raise RuntimeError(f"{slot.name}: ONNX differs from torch by {error:.2e} > {ONNX_TOLERANCE}")
+    return path
+
+
+def check_slot(slot: Slot, module: torch.nn.Module, geometry: ModelGeometry, path: Path, grow: int = 1, seed: int = 1) -> float:
+    """Max |ONNX Runtime - torch| of a slot's graph on random inputs, its dynamic axes grown by ``grow`` steps."""
+    values = get_family(geometry.family).example_values(geometry, grow=grow)
+    return compare_with_torch(module, path, slot.example_inputs(values, geometry.vocab_size, seed=seed), slot.output_names)
 
 
 def export_model(
     model_dir: Path,
     repository: Path,
     preset: str,
-    family: str = "unet3d",
     check: bool = True,
     recipe: Recipe | None = None,
     calibration_prompts: int | None = None,
@@ -66,32 +85,29 @@ def export_model(
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
-    The INT8 UNet (``unet_int8``) is quantized from the exported UNet with ``recipe`` (default:
-    data/recipes/unet_int8.json), calibrated on the first ``calibration_prompts`` prompts (all: None).
-    ``onnx=False`` writes only configs and metadata: enough for the torch runner, which loads the
-    diffusers directory itself (``source.json`` in each engine slot).
+    The preset names the family. INT8 slots (``quantized_from``) are quantized from their source
+    slot's ONNX with ``recipe`` (default: data/recipes/unet_int8.json), calibrated on the first
+    ``calibration_prompts`` prompts (all: None). ``onnx=False`` writes only configs and metadata:
+    enough for the torch runner, which loads the diffusers directory itself (``source.json``).
     """
-    fam = get_family(family)
+    family = family_of(preset)
     start = time.perf_counter()
-    write_repository(repository)  # configs and model.py files: a complete, servable repository
-    # metadata only: the weights' values are not used, so half precision halves load time and memory
-    components = fam.load_components(model_dir, torch.float32 if onnx else torch.float16)
-    geometry = fam.geometry(components, preset)
+    # metadata only: the weights' values are not used, so only configs and shapes are loaded (meta device)
+    components = family.components(model_dir, torch.float32 if onnx else None)
+    geometry = family.geometry(components, preset)
+    write_repository(repository, family.name, geometry.experts)  # configs and model.py files
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
-    for slot in ENGINE_SLOTS:
-        source = {"family": family, "model_dir": str(Path(model_dir).resolve()), "slot": slot}
-        (repository / slot / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-    if not onnx:
-        _write_serving_metadata(components, geometry, repository)
-        return geometry
-    for graph in fam.engine_graphs(components, geometry):
-        path = export_graph(graph, repository / graph.name / "1" / "model.onnx")
-        if check:
-            error = compare_with_torch(graph, path, check_inputs(graph))
-            log.info("checked %s: max |onnxruntime - torch| = %.2e", graph.name, error)
-            if error > ONNX_TOLERANCE:
-                raise RuntimeError(f"{graph.name}: ONNX differs from torch by {error:.2e} > {ONNX_TOLERANCE}")
-    quantize_int8_unet(components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
+    slots = family.slots_of(geometry)
+    for slot in slots:
+        source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts}
+        (repository / slot.name / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+    if onnx:
+        for slot in slots:
+            if slot.quantized_from is None:
+                export_slot(slot, components, geometry, repository / slot.name / "1" / "model.onnx", check)
+        for slot in slots:
+            if slot.quantized_from is not None:
+                quantize_int8(family, slot, components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
     _write_serving_metadata(components, geometry, repository)
     log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
     return geometry
@@ -106,13 +122,15 @@ def _write_serving_metadata(components, geometry: ModelGeometry, repository: Pat
         (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
 
 
-def quantize_int8_unet(components, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
-    """Calibrate on captured DDIM trajectories, write unet_int8/1/model.onnx and its size report."""
+def quantize_int8(
+    family: Family, slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None
+) -> dict:
+    """Calibrate on captured sampler trajectories, write the INT8 slot's Q/DQ ONNX and its size report."""
     from .pipeline import InProcessPipeline
 
     calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompts)
-    fp_path = repository / UNET_TRACKS["fp16"] / "1" / "model.onnx"
-    int8_path = quantize_unet(fp_path, repository / UNET_TRACKS["int8"] / "1" / "model.onnx", calibration, recipe)
+    fp_path = repository / str(slot.quantized_from) / "1" / "model.onnx"
+    int8_path = quantize_unet(fp_path, repository / slot.name / "1" / "model.onnx", calibration, recipe)
     fp, int8 = weight_bytes(fp_path), weight_bytes(int8_path)
     report = {
         "recipe": recipe.name,
@@ -121,7 +139,7 @@ def quantize_int8_unet(components, geometry: ModelGeometry, repository: Path, re
         "weight_bytes": {"fp32": fp["stored"], "fp16": fp["fp16_equivalent"], "int8": int8["stored"]},
     }
     (int8_path.parent / QUANTIZATION_REPORT).write_text(json.dumps(report, indent=2))
-    log.info("INT8 UNet weights %.2f MB vs FP16 %.2f MB vs FP32 %.2f MB", int8["stored"] / 1e6, fp["fp16_equivalent"] / 1e6, fp["stored"] / 1e6)
+    log.info("INT8 denoiser weights %.2f MB vs FP16 %.2f MB vs FP32 %.2f MB", int8["stored"] / 1e6, fp["fp16_equivalent"] / 1e6, fp["stored"] / 1e6)
     return report
 
 
@@ -130,21 +148,31 @@ def quiet_libraries() -> None:
     import diffusers
     import transformers
 
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the dynamo exporter's per-initializer notes
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
 
+def ensure_tiny_model(family: str, directory: Path | None = None, **variant: Any) -> Path:
+    """The tiny demo model of ``family`` in ``directory`` (default ``tiny_dir(family)``), built if absent."""
+    directory = Path(directory or tiny_dir(family))
+    if not (directory / "model_index.json").exists():
+        get_family(family).build_tiny_model(directory, **variant)
+        log.info("built the tiny %s model in %s", family, directory)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a text-to-video model into the Triton model repository")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, help="local diffusers-format directory (TextToVideoSDPipeline layout)")
+    source.add_argument("--weights", type=Path, help="local diffusers-format directory of the preset's family")
     source.add_argument("--tiny", action="store_true", help="build (if needed) and export the tiny random demo model")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: tiny with --tiny, else modelscope")
-    parser.add_argument("--family", default="unet3d")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: tiny with --tiny, else modelscope; names the family")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR)
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="where the tiny model is (default artifacts/tiny-<family>)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
     parser.add_argument("--int8-recipe", type=Path, default=None, help="precision recipe JSON (default: the project's)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None, help="override the recipe's")
@@ -153,17 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
-    if args.tiny:
-        if not (args.tiny_dir / "model_index.json").exists():
-            get_family(args.family).build_tiny_model(args.tiny_dir)
-            log.info("built the tiny %s model in %s", args.family, args.tiny_dir)
-        model_dir, preset = args.tiny_dir, args.preset or "tiny"
-    else:
-        model_dir, preset = args.weights, args.preset or "modelscope"
+    preset = args.preset or ("tiny" if args.tiny else "modelscope")
+    model_dir = ensure_tiny_model(PRESETS[preset].family, args.tiny_dir) if args.tiny else args.weights
     recipe = Recipe.load(args.int8_recipe) if args.int8_recipe else Recipe.load()
     if args.calibration_method:
         recipe = recipe.with_method(args.calibration_method)
-    export_model(model_dir, args.repository, preset, args.family, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only)
+    export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only)
     return 0
 
 

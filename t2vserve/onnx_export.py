@@ -11,8 +11,6 @@ import numpy as np
 import onnx
 import torch
 
-from .families.base import EngineGraph
-
 log = logging.getLogger(__name__)
 
 OPSET = 18
@@ -20,8 +18,17 @@ OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 2**31 - 1
 
 
-def export_graph(graph: EngineGraph, path: Path, opset: int = OPSET) -> Path:
-    """Export ``graph`` to ``path``: trace, fold constants, clean up, save (external data when > 2 GB)."""
+def export_graph(
+    name: str,
+    module: torch.nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    path: Path,
+    opset: int = OPSET,
+) -> Path:
+    """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up, save
+    (external data when > 2 GB)."""
     import onnx_graphsurgeon as gs
 
     path = Path(path)
@@ -33,12 +40,12 @@ def export_graph(graph: EngineGraph, path: Path, opset: int = OPSET) -> Path:
         # on other shapes (export.check_inputs) is what proves the dynamic axes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            graph.module.eval(),
-            tuple(graph.example_inputs.values()),
+            module.eval(),
+            tuple(example_inputs.values()),
             str(raw),
-            input_names=graph.input_names,
-            output_names=graph.output_names,
-            dynamic_axes=graph.dynamic_axes,
+            input_names=list(example_inputs),
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
@@ -52,7 +59,7 @@ def export_graph(graph: EngineGraph, path: Path, opset: int = OPSET) -> Path:
     _remove_onnx(path)
     large = weights_bytes > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s", graph.name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start)
+    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s", name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start)
     return path
 
 
@@ -73,12 +80,12 @@ def onnxruntime_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def compare_with_torch(graph: EngineGraph, path: Path, inputs: dict[str, torch.Tensor]) -> float:
-    """Max abs difference between ONNX Runtime and the torch module on ``inputs``."""
+def compare_with_torch(module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], output_names: list[str]) -> float:
+    """Max abs difference between ONNX Runtime and the torch module on ``inputs`` (first output)."""
     session = onnxruntime_session(path)
     with torch.no_grad():
-        expected = graph.module(*inputs.values()).numpy()
-    (actual,) = session.run(graph.output_names, {k: v.numpy() for k, v in inputs.items()})
+        expected = module(*inputs.values()).float().numpy()
+    (actual,) = session.run(output_names[:1], {k: v.numpy() for k, v in inputs.items()})
     if actual.shape != expected.shape:
-        raise AssertionError(f"{graph.name}: ONNX shape {actual.shape} != torch shape {expected.shape}")
+        raise AssertionError(f"{path}: ONNX shape {actual.shape} != torch shape {expected.shape}")
     return float(np.max(np.abs(actual - expected)))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import DEFAULT_PRECISION, PARAMETERS, PROMPT_MAX_CHARS, UNET_TRACKS, ModelGeometry, Range
+from .spec import PARAMETERS, PROMPT_MAX_CHARS, ModelGeometry, Range
 
 
 class ParameterError(ValueError):
@@ -36,7 +36,8 @@ class ResolvedRequest:
     width: int
     num_frames: int
     fps: int
-    precision: str = DEFAULT_PRECISION
+    precision: str
+    sampler: str
 
     def resolved(self) -> dict[str, Any]:
         """Resolved parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
@@ -49,6 +50,7 @@ class ResolvedRequest:
             "NUM_FRAMES": self.num_frames,
             "FPS": self.fps,
             "PRECISION": self.precision,
+            "SAMPLER": self.sampler,
         }
 
 
@@ -103,10 +105,10 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> Re
     if unknown:
         raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
     ranges, defaults = geometry.ranges(), geometry.defaults()
-    seed = inputs.get("SEED")
+    seed, negative = inputs.get("SEED"), inputs.get("NEGATIVE_PROMPT")
     return ResolvedRequest(
         prompt=_text("PROMPT", inputs.get("PROMPT"), required=True),
-        negative_prompt=_text("NEGATIVE_PROMPT", inputs.get("NEGATIVE_PROMPT"), required=False),
+        negative_prompt=_text("NEGATIVE_PROMPT", negative, required=False) if negative is not None else geometry.presets.negative_prompt,
         steps=_number("STEPS", inputs.get("STEPS"), defaults["STEPS"], ranges["STEPS"], int),
         guidance_scale=_number("GUIDANCE_SCALE", inputs.get("GUIDANCE_SCALE"), defaults["GUIDANCE_SCALE"], ranges["GUIDANCE_SCALE"], float),
         seed=_number("SEED", seed, None, ranges["SEED"], int) if seed is not None else secrets.randbelow(2**63),
@@ -114,21 +116,25 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> Re
         width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
         num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
-        precision=_choice("PRECISION", inputs.get("PRECISION"), DEFAULT_PRECISION, tuple(UNET_TRACKS)),
+        precision=_choice("PRECISION", inputs.get("PRECISION"), geometry.default_precision, tuple(geometry.tracks)),
+        sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
     )
 
 
-def tokenize_pair(tokenizer: Any, prompt: str, negative_prompt: str, max_length: int) -> np.ndarray:
+def tokenize_pair(
+    tokenizer: Any, prompt: str, negative_prompt: str, max_length: int, clean: Callable[[str], str] = lambda text: text
+) -> np.ndarray:
     """INPUT_IDS [2, max_length]: the negative prompt first, then the prompt (diffusers' CFG order).
 
-    A prompt that does not fit the text encoder is refused rather than silently truncated.
+    ``clean`` is the family's text cleaning (what its reference pipeline applies). A prompt that does
+    not fit the text encoder is refused rather than silently truncated.
     """
-    rows = []
+    rows, special = [], tokenizer.num_special_tokens_to_add()
     for name, text in (("NEGATIVE_PROMPT", negative_prompt), ("PROMPT", prompt)):
-        ids = tokenizer(text, padding="max_length", max_length=max_length, truncation=False).input_ids
+        ids = tokenizer(clean(text), padding="max_length", max_length=max_length, truncation=False).input_ids
         if len(ids) > max_length:
             raise ParameterError(
-                name, f"is {len(ids) - 2} tokens long; allowed at most {max_length - 2} tokens for this text encoder"
+                name, f"is {len(ids) - special} tokens long; allowed at most {max_length - special} tokens for this text encoder"
             )
         rows.append(ids)
     return np.asarray(rows, dtype=np.int64)

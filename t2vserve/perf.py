@@ -29,7 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .spec import PARAMETERS, UNET_TRACKS
+from .families import DEFAULT_FAMILY, get_family
+from .spec import PARAMETERS
+
+#: The precision tracks of the default family (the committed input-data files).
+TRACKS = get_family(DEFAULT_FAMILY).tracks()
 
 MODEL = "t2v"
 PERF_DIR = Path(__file__).resolve().parent.parent / "client" / "perf"
@@ -56,8 +60,8 @@ def input_data(
 
     ``parameters``: further ensemble inputs by name (``STEPS=10``); names and types are checked against spec.
     """
-    if precision not in UNET_TRACKS:
-        raise ValueError(f"precision must be one of {sorted(UNET_TRACKS)}")
+    if precision not in TRACKS:
+        raise ValueError(f"precision must be one of {sorted(TRACKS)}")
     types = {p.name: _JSON_TYPES[p.triton_dtype] for p in PARAMETERS}
     for name, value in parameters.items():
         if name not in types:
@@ -78,7 +82,7 @@ def input_data(
 
 def committed_inputs() -> dict[str, dict[str, Any]]:
     """File name -> content of the input-data files kept in client/perf/ (one per UNet precision)."""
-    return {f"t2v_{precision}.json": input_data(precision) for precision in sorted(UNET_TRACKS)}
+    return {f"t2v_{precision}.json": input_data(precision) for precision in sorted(TRACKS)}
 
 
 def write_inputs(directory: Path) -> list[Path]:

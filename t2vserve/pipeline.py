@@ -1,54 +1,84 @@
-"""The served pipeline run in-process on torch modules (no Triton): calibration capture and baselines.
+"""The served pipeline without Triton: the same stages and the same loop (``sampling.denoise``) in-process.
 
-Same stages, same loop (``sampling.denoise``) and same K/V packing as the repository; only the
-transport differs. Tests compare the served clip against diffusers' own pipeline instead, which
-shares none of this code.
+``Pipeline`` runs the slots through a ``SlotCall`` (slot name, named inputs -> named outputs):
+``InProcessPipeline`` binds it to the family's torch modules (calibration capture, baselines),
+``bench.RunnerPipeline`` to the repository's runners. Tests compare the served clip against
+diffusers' own pipelines instead, which share none of this code.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .ddim import DDIM
-from .families.unet3d import CachedKVUNet, Components, KVProjector, TextEncoderGraph, VaeDecoderGraph
+from .families import get_family
+from .families.base import Slot
 from .params import ResolvedRequest, tokenize_pair
-from .sampling import denoise, initial_latents, latents_to_frames_batch
-from .spec import ModelGeometry
+from .samplers import make_sampler
+from .sampling import initial_latents, denoise
+from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
 from .video import to_uint8_frames
 
-#: Called with (sample, timestep, kv) before every UNet step (calibration capture).
-UNetObserver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+#: Runs one engine slot: (slot name, {input name: tensor}) -> {output name: tensor}.
+SlotCall = Callable[[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+#: Called with (denoiser entry, sample, timestep, kv) before every denoiser call (calibration capture).
+DenoiserObserver = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
-class InProcessPipeline:
-    """prompt -> uint8 frames with the family's torch modules, on one device."""
+class Pipeline:
+    """prompt -> uint8 frames [F, H, W, 3], every stage through ``call``."""
 
-    def __init__(self, components: Components, geometry: ModelGeometry, device: str = "cpu") -> None:
-        self.components, self.geometry, self.device = components, geometry, torch.device(device)
-        self.text_encoder = TextEncoderGraph(components.text_encoder).to(self.device)
-        self.kv_projector = KVProjector(components.unet).to(self.device)
-        self.unet = CachedKVUNet(components.unet).to(self.device)
-        self.vae_decoder = VaeDecoderGraph(components.vae).to(self.device)
-        self.ddim = DDIM(geometry.scheduler_config)
+    def __init__(self, geometry: ModelGeometry, tokenizer: Any, call: SlotCall, device: str | torch.device = "cpu") -> None:
+        self.geometry, self.tokenizer, self.call, self.device = geometry, tokenizer, call, torch.device(device)
+        self.family = get_family(geometry.family)
+        self.slots = {slot.name: slot for slot in self.family.slots_of(geometry)}
+        self.samplers = {name: make_sampler(name, geometry.scheduler_config) for name in geometry.samplers}
+
+    def role(self, role: str) -> Slot:
+        return next(slot for slot in self.slots.values() if slot.role == role)
+
+    def _run(self, slot: Slot, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.call(slot.name, dict(zip(slot.input_names, tensors)))[slot.output_names[0]]
 
     @torch.no_grad()
-    def packed_kv(self, prompt: str, negative_prompt: str = "") -> torch.Tensor:
-        ids = tokenize_pair(self.components.tokenizer, prompt, negative_prompt, self.geometry.text_max_length)
-        return self.kv_projector(self.text_encoder(torch.from_numpy(ids).to(self.device)))
+    def packed_kv(self, prompt: str, negative_prompt: str) -> torch.Tensor:
+        ids = tokenize_pair(self.tokenizer, prompt, negative_prompt, self.geometry.text_max_length, self.family.clean_prompt)
+        embeds = self._run(self.role(TEXT_ENCODER), torch.from_numpy(ids).to(self.device))
+        return self._run(self.role(KV_PROJECTOR), embeds)
 
     @torch.no_grad()
-    def generate(self, request: ResolvedRequest, observer: UNetObserver | None = None) -> np.ndarray:
+    def latents(self, request: ResolvedRequest, observer: DenoiserObserver | None = None) -> torch.Tensor:
         kv = self.packed_kv(request.prompt, request.negative_prompt)
 
-        def unet(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             if observer is not None:
-                observer(sample, timestep, kv)
-            return self.unet(sample, timestep, kv)
+                observer(entry, sample, timestep, kv)
+            return self._run(self.slots[entry], sample, timestep, kv).to(sample.device)
 
-        latents = initial_latents(self.geometry, request.height, request.width, request.num_frames, request.seed, self.device)
-        latents = denoise(unet, latents, request.steps, request.guidance_scale, self.ddim)
-        frames = self.vae_decoder(latents_to_frames_batch(latents))
+        g = self.geometry
+        latents = initial_latents(g, request.height, request.width, request.num_frames, request.seed, self.device)
+        sampler = self.samplers[request.sampler]
+        return denoise(denoiser, latents, request.steps, request.guidance_scale, sampler, g, request.precision)
+
+    @torch.no_grad()
+    def generate(self, request: ResolvedRequest, observer: DenoiserObserver | None = None) -> np.ndarray:
+        frames = self._run(self.role(VAE_DECODER), self.latents(request, observer))
         return to_uint8_frames(frames.float().cpu().numpy())
+
+
+class InProcessPipeline(Pipeline):
+    """The family's torch modules on one device (the modules ONNX export and the torch runner run)."""
+
+    def __init__(self, components: Any, geometry: ModelGeometry, device: str = "cpu") -> None:
+        slots = get_family(geometry.family).slots_of(geometry)
+        modules = {slot.name: slot.module(components).to(device).eval() for slot in slots if slot.role != DENOISER or slot.quantized_from is None}
+        self.components = components
+
+        def call(name: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            slot = self.slots[name]
+            module = modules[slot.quantized_from or name]  # an int8 track runs its source module in torch
+            return {slot.output_names[0]: module(*inputs.values())}
+
+        super().__init__(geometry, components.tokenizer, call, device)

@@ -25,7 +25,10 @@ from .export import QUANTIZATION_REPORT
 from .metrics import clip_metrics
 from .quantize import DATA_DIR, weight_bytes
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
-from .spec import UNET_TRACKS
+from .families import DEFAULT_FAMILY, get_family
+
+#: Precision track -> its (single-expert) denoiser entry, of the default family.
+TRACK_ENTRIES = {track: entries[0] for track, entries in get_family(DEFAULT_FAMILY).tracks().items()}
 
 QUALITY_SET = DATA_DIR / "quality_set.json"
 
@@ -35,10 +38,10 @@ def load_quality_set(path: Path = QUALITY_SET) -> dict[str, Any]:
 
 
 def unet_weight_bytes(repository: Path, track: str) -> int:
-    report = repository / UNET_TRACKS[track] / "1" / QUANTIZATION_REPORT
+    report = repository / TRACK_ENTRIES[track] / "1" / QUANTIZATION_REPORT
     if report.exists():
         return int(json.loads(report.read_text())["weight_bytes"]["int8"])
-    return weight_bytes(repository / UNET_TRACKS[track] / "1" / "model.onnx")["stored"]
+    return weight_bytes(repository / TRACK_ENTRIES[track] / "1" / "model.onnx")["stored"]
 
 
 def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, limit: int | None = None) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, l
         "reference": reference,
         "reference_latency_s": float(np.mean(latency[reference])),
         "reference_weight_bytes": unet_weight_bytes(repository, reference),
-        "reference_weight_bytes_fp16": weight_bytes(repository / UNET_TRACKS[reference] / "1" / "model.onnx")["fp16_equivalent"],
+        "reference_weight_bytes_fp16": weight_bytes(repository / TRACK_ENTRIES[reference] / "1" / "model.onnx")["fp16_equivalent"],
         "clips": clips,
         "summary": summary,
         "gate": quality_set["gate"],

@@ -103,19 +103,19 @@ class CalibrationSet:
 
 
 def capture_calibration(pipeline: Any, recipe: Recipe, geometry: Any, prompt_limit: int | None = None) -> CalibrationSet:
-    """Run full DDIM trajectories in-process and record every UNet call's (latents, timestep, K/V)."""
+    """Run full sampler trajectories in-process and record every denoiser call's (latents, timestep, K/V)."""
     from .params import ResolvedRequest
 
     cal, preset = recipe.calibration, geometry.presets
     samples: list[dict[str, np.ndarray]] = []
 
-    def record(sample, timestep, kv) -> None:
+    def record(entry, sample, timestep, kv) -> None:
         samples.append({SAMPLE: sample.cpu().numpy().copy(), TIMESTEP: timestep.cpu().numpy().copy(), KV: kv.cpu().numpy().copy()})
 
     for index, prompt in enumerate(recipe.calibration_prompts(prompt_limit)):
         request = ResolvedRequest(
             prompt, "", int(cal["steps"]), float(cal["guidance_scale"]), int(cal["seed"]) + index,
-            preset.height, preset.width, preset.num_frames, preset.fps,
+            preset.height, preset.width, preset.num_frames, preset.fps, geometry.default_precision, preset.sampler,
         )
         pipeline.generate(request, observer=record)
     log.info("captured %d UNet calls from %d calibration trajectories", len(samples), index + 1)

@@ -1,7 +1,9 @@
-"""Generate every ``config.pbtxt`` (and the thin ``model.py`` files) of ``model_repository/`` from spec.
+"""Generate every ``config.pbtxt`` (and the thin ``model.py`` files) of a model repository.
 
-``python -m t2vserve.repository --write`` rewrites them; ``--check`` (and a test) fails when the
-files on disk differ from what spec implies.
+The engine-slot entries come from the family's slot declarations (``families/<family>.py``), the
+ensemble and Python entries from spec. ``python -m t2vserve.repository --write`` rewrites the
+committed ``model_repository/`` (the default family); ``--check`` (and a test) fails when the files
+on disk differ from what the declarations imply.
 
 Engine slots carry two configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default)
 and ``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file), chosen at server
@@ -15,21 +17,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .families import DEFAULT_FAMILY, get_family
+from .families.base import Slot, TensorSpec
 from .spec import (
     FRAMES,
     INPUT_IDS,
     KV,
     LATENTS,
     MP4,
-    NOISE_PRED,
     PARAMETERS,
     RESOLVED_PARAMETERS,
-    SAMPLE,
-    TEXT_EMBEDS,
-    TIMESTEP,
     SCHEDULER_INSTANCES,
-    UNET_MAX_BATCH,
-    UNET_TRACKS,
+    TEXT_EMBEDS,
     VIDEO,
 )
 
@@ -89,33 +88,21 @@ def render_config(
 
 RESOLVED = [TensorDef(f"RESOLVED_{n}", t, (1,)) for n, t in RESOLVED_PARAMETERS.items()]
 
-UNET_IO = (
-    [
-        TensorDef(SAMPLE, "TYPE_FP32", (-1, -1, -1, -1, -1)),
-        TensorDef(TIMESTEP, "TYPE_FP32", (-1,)),
-        TensorDef(KV, "TYPE_FP32", (-1, -1, -1)),
-    ],
-    [TensorDef(NOISE_PRED, "TYPE_FP32", (-1, -1, -1, -1, -1))],
-)
-
-#: Entries Triton batches dynamically (max batch size): the UNets, across concurrent requests' steps.
-BATCHED_ENTRIES = {entry: UNET_MAX_BATCH for entry in UNET_TRACKS.values()}
 #: Runner configs (``configs/<name>.pbtxt``) and their Python-backend parameters.
 RUNNER_PARAMETERS = {
     "onnxruntime": {"runner": "onnxruntime"},
-    # torch: the family's modules on CUDA when present (bf16, torch.compile for the UNet), else CPU fp32.
+    # torch: the family's modules on CUDA when present (bf16, torch.compile for the denoisers), else CPU fp32.
     # GPU inputs stay on the GPU (no copy to host between BLS calls).
     "torch": {"runner": "torch", "device": "auto", "dtype": "auto", "compile": "none", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
 }
-TORCH_UNET_PARAMETERS = {"compile": "default"}
+TORCH_DENOISER_PARAMETERS = {"compile": "default"}
 
-#: Engine slots: inputs and outputs (batch dimension explicit, -1 where dynamic).
-ENGINE_IO: dict[str, tuple[list[TensorDef], list[TensorDef]]] = {
-    "text_encoder": ([TensorDef(INPUT_IDS, "TYPE_INT64", (-1, -1))], [TensorDef(TEXT_EMBEDS, "TYPE_FP32", (-1, -1, -1))]),
-    "kv_projector": ([TensorDef(TEXT_EMBEDS, "TYPE_FP32", (-1, -1, -1))], [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))]),
-    **{entry: UNET_IO for entry in UNET_TRACKS.values()},
-    "vae_decoder": ([TensorDef(LATENTS, "TYPE_FP32", (-1, -1, -1, -1))], [TensorDef(FRAMES, "TYPE_FP32", (-1, 3, -1, -1))]),
-}
+
+def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
+    """A slot's declared I/O as config tensors (symbolic dims -> -1)."""
+    convert = lambda specs: [TensorDef(t.name, t.dtype, t.triton_dims()) for t in specs]  # noqa: E731
+    return convert(slot.inputs), convert(slot.outputs)
+
 
 #: The ensemble returns the seed it used (random when the request gave none) as this output.
 USED_SEED = "USED_SEED"
@@ -158,15 +145,15 @@ def ensemble_inputs() -> list[TensorDef]:
     return [TensorDef(p.name, p.triton_dtype, (1,), p.optional) for p in PARAMETERS]
 
 
-def render_repository() -> dict[str, str]:
-    """Relative path -> file content for every generated file of the repository."""
+def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:
+    """Relative path -> file content for every generated file of a repository serving ``family``."""
     files: dict[str, str] = {}
     python_entries = {
         "preprocess": ("preprocess", ensemble_inputs(), [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1))] + RESOLVED, {}),
         "scheduler": (
             "scheduler",
             [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))] + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
-            [TensorDef(LATENTS, "TYPE_FP32", (-1, -1, -1, -1))],
+            [TensorDef(LATENTS, "TYPE_FP32", (1, -1, -1, -1, -1))],
             {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
         ),
         "postprocess": (
@@ -182,14 +169,15 @@ def render_repository() -> dict[str, str]:
             name, inputs, outputs, backend="python", parameters=params, instance_count=count
         )
         files[f"{name}/1/model.py"] = _model_py(module)
-    for name, (inputs, outputs) in ENGINE_IO.items():
-        batch = BATCHED_ENTRIES.get(name, 0)
+    for slot in get_family(family).slots(experts):
+        name, batch = slot.name, slot.max_batch
+        inputs, outputs = slot_tensors(slot)
         files[f"{name}/config.pbtxt"] = render_config(
             name, inputs, outputs, platform="tensorrt_plan", instance_kind="KIND_GPU", max_batch_size=batch
         )
         for runner, params in RUNNER_PARAMETERS.items():
-            if runner == "torch" and name in BATCHED_ENTRIES:
-                params = {**params, **TORCH_UNET_PARAMETERS}
+            if runner == "torch" and batch:
+                params = {**params, **TORCH_DENOISER_PARAMETERS}
             files[f"{name}/configs/{runner}.pbtxt"] = render_config(
                 name, inputs, outputs, backend="python", parameters=params, max_batch_size=batch
             )
@@ -212,13 +200,27 @@ def _model_py(module: str) -> str:
     )
 
 
-def stale_files(root: Path) -> list[str]:
+def stale_files(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> list[str]:
     """Generated files that are missing or differ on disk."""
-    return [rel for rel, text in render_repository().items() if not (root / rel).exists() or (root / rel).read_text() != text]
+    rendered = render_repository(family, experts)
+    return [rel for rel, text in rendered.items() if not (root / rel).exists() or (root / rel).read_text() != text]
 
 
-def write_repository(root: Path) -> None:
-    for rel, text in render_repository().items():
+def foreign_entries(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> list[str]:
+    """Entries under ``root`` with a config that this family's repository does not have (another family's)."""
+    wanted = {rel.split("/")[0] for rel in render_repository(family, experts)}
+    return sorted(p.parent.name for p in Path(root).glob("*/config.pbtxt") if p.parent.name not in wanted)
+
+
+def write_repository(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> None:
+    """Write every generated file; refuse a repository that holds another family's entries."""
+    foreign = foreign_entries(root, family, experts)
+    if foreign:
+        raise FileExistsError(
+            f"{root} holds entries {', '.join(foreign)} that a {family} repository does not have (another model's); "
+            "export into an empty directory or remove them: Triton would try to load them"
+        )
+    for rel, text in render_repository(family, experts).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .spec import TIMESTEP
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ class TorchRunner:
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
     entries use ``default``: it pays on a compute-bound step, CUDA graphs do not).
-    The torch runner has no INT8 kernels: ``unet_int8`` runs the same module as ``unet`` here.
+    The torch runner has no INT8 kernels: an int8 slot (``unet_int8``) runs the same module as its source here.
     """
 
     def __init__(self, version_dir: Path, config: dict[str, Any]) -> None:
@@ -66,7 +68,9 @@ class TorchRunner:
         source = json.loads((Path(version_dir) / SOURCE_FILE).read_text())
         family = get_family(source["family"])
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
-        self.module = family.load_slot_module(Path(source["model_dir"]), source["slot"], self.dtype, self.device)
+        slot = family.slot(source["slot"], int(source.get("experts", 1)))
+        components = family.components(Path(source["model_dir"]), self.dtype)
+        self.module = slot.module(components).to(self.device).eval()
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.input_names = [tensor["name"] for tensor in config["input"]]
         mode = params.get("compile", "none")
@@ -76,7 +80,9 @@ class TorchRunner:
         args = []
         for name in self.input_names:
             tensor = inputs[name].to(self.device, non_blocking=True)
-            args.append(tensor.to(self.dtype) if tensor.is_floating_point() else tensor)
+            # activations run in the runner's dtype; timesteps stay fp32 (bf16 would turn 999 into 1000)
+            cast = tensor.is_floating_point() and name != TIMESTEP
+            args.append(tensor.to(self.dtype) if cast else tensor)
         if self.forward is not self.module:
             for tensor in args:  # batch sizes vary with the dynamic batcher: prefer one dynamic graph
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)

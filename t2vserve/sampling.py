@@ -1,4 +1,8 @@
-"""The denoising loop shared by the ``scheduler`` Triton model and the in-process pipeline."""
+"""The one denoising loop: shared by the ``scheduler`` Triton model, the in-process pipeline and the benchmarks.
+
+Only the transport differs between them: the ``Denoiser`` callable is a BLS call in the server and
+a runner or torch module in-process.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ from typing import Callable
 
 import torch
 
-from .ddim import DDIM
-from .spec import ModelGeometry
+from .samplers import Sampler
+from .spec import CFG_BATCH, ModelGeometry
 
-#: (sample [2B, C, F, h, w], timestep [2B]) -> noise prediction; the packed K/V is bound inside.
-UNetCall = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: (denoiser entry, sample [2B, C, F, h, w], timestep [2B]) -> model output; the packed K/V is bound inside.
+Denoiser = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
+#: Called after every step with (step, total steps).
+StepCallback = Callable[[int, int], None]
 
 
 def initial_latents(geometry: ModelGeometry, height: int, width: int, num_frames: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -20,26 +26,31 @@ def initial_latents(geometry: ModelGeometry, height: int, width: int, num_frames
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 
+def expert_schedule(geometry: ModelGeometry, precision: str, timesteps: list[float]) -> list[str]:
+    """The denoiser entry of every step: the track's first expert, its second below the boundary timestep."""
+    entries = geometry.tracks[precision]
+    boundary = geometry.boundary_timestep
+    return [entries[0] if boundary is None or t >= boundary else entries[1] for t in timesteps]
+
+
 def denoise(
-    unet: UNetCall,
+    denoiser: Denoiser,
     latents: torch.Tensor,
     steps: int,
     guidance_scale: float,
-    ddim: DDIM,
-    on_step: Callable[[int, int], None] | None = None,
+    sampler: Sampler,
+    geometry: ModelGeometry,
+    precision: str,
+    on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """DDIM with classifier-free guidance: one batch-2 UNet call per step (unconditional first)."""
-    for index, t in enumerate(ddim.timesteps(steps)):
-        model_input = torch.cat([latents, latents])
+    """Classifier-free guidance with one batch-2 denoiser call per step (unconditional first)."""
+    trajectory = sampler.trajectory(steps)
+    entries = expert_schedule(geometry, precision, trajectory.timesteps)
+    for index, (t, entry) in enumerate(zip(trajectory.timesteps, entries)):
+        model_input = torch.cat([latents] * CFG_BATCH)
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=latents.device)
-        noise_uncond, noise_text = unet(model_input, timestep).chunk(2)
-        noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-        latents = ddim.step(noise, int(t), latents, steps)
+        uncond, text = denoiser(entry, model_input, timestep).float().chunk(CFG_BATCH)
+        latents = trajectory.step(index, uncond + guidance_scale * (text - uncond), latents)
         if on_step is not None:
             on_step(index + 1, steps)
     return latents
-
-
-def latents_to_frames_batch(latents: torch.Tensor) -> torch.Tensor:
-    """[1, C, F, h, w] -> [F, C, h, w]: frames become the VAE decoder's batch."""
-    return latents[0].permute(1, 0, 2, 3).contiguous()

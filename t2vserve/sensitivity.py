@@ -14,45 +14,57 @@ import numpy as np
 import onnx
 import torch
 
-from .export import DEFAULT_TINY_DIR
-from .families import unet3d
+from .export import DEFAULT_TINY_DIR, export_slot
+from .families import family_of
 from .metrics import clip_metrics
-from .onnx_export import export_graph, onnxruntime_session
+from .onnx_export import onnxruntime_session
 from .params import ResolvedRequest
-from .pipeline import InProcessPipeline
+from .pipeline import InProcessPipeline, Pipeline
 from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantizable_groups, quantize_unet
-from .spec import KV, SAMPLE, TIMESTEP
+from .spec import DENOISER, NOISE_PRED
 
 log = logging.getLogger(__name__)
 SWEEP_PROMPTS = ("a red panda eating bamboo in a misty forest, cinematic", "waves crashing on a rocky beach during a storm at night")
 
 
-def onnx_unet(path: Path):
-    """An in-process UNet call backed by an ONNX Runtime session (same signature as CachedKVUNet)."""
-    session = onnxruntime_session(path)
+class OnnxDenoiserPipeline(Pipeline):
+    """The in-process pipeline with every denoiser call on an ONNX Runtime session of ``path`` (swappable)."""
 
-    def call(sample: torch.Tensor, timestep: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        feeds = {SAMPLE: sample.numpy(), TIMESTEP: timestep.numpy(), KV: kv.numpy()}
-        return torch.from_numpy(session.run(None, feeds)[0])
+    def __init__(self, components, geometry, path: Path) -> None:
+        modules = InProcessPipeline(components, geometry)
+        self.use(path)
 
-    return call
+        def call(name: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            if self.slots[name].role != DENOISER:
+                return modules.call(name, inputs)
+            return {NOISE_PRED: torch.from_numpy(self.session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])}
+
+        super().__init__(geometry, components.tokenizer, call)
+
+    def use(self, path: Path) -> None:
+        self.session = onnxruntime_session(path)
 
 
 def run_sweep(model_dir: Path | None, preset: str, out: Path, work: Path, prompt_limit: int | None) -> int:
-    components = unet3d.load_components(model_dir or DEFAULT_TINY_DIR)
-    geometry = unet3d.geometry(components, preset)
-    pipeline = InProcessPipeline(components, geometry)
-    fp_path = export_graph(next(g for g in unet3d.engine_graphs(components, geometry) if g.name == "unet"), work / "unet.onnx")
+    family = family_of(preset)
+    components = family.components(model_dir or DEFAULT_TINY_DIR)
+    geometry = family.geometry(components, preset)
+    int8 = next(slot for slot in family.slots_of(geometry) if slot.quantized_from)
+    source = family.slot(int8.quantized_from)
+    fp_path = export_slot(source, components, geometry, work / "unet.onnx")
     recipe = Recipe.load()
-    calibration = capture_calibration(pipeline, recipe, geometry, prompt_limit)
+    calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompt_limit)
     cache = work / f"{recipe.calibration['method']}.json"
     p = geometry.presets
-    requests = [ResolvedRequest(prompt, "", p.steps, p.guidance_scale, 7, p.height, p.width, p.num_frames, p.fps) for prompt in SWEEP_PROMPTS]
-    pipeline.unet = onnx_unet(fp_path)
+    requests = [
+        ResolvedRequest(prompt, "", p.steps, p.guidance_scale, 7, p.height, p.width, p.num_frames, p.fps, geometry.default_precision, p.sampler)
+        for prompt in SWEEP_PROMPTS
+    ]
+    pipeline = OnnxDenoiserPipeline(components, geometry, fp_path)
     references = [pipeline.generate(r) for r in requests]
 
     def score(quantized: Path) -> tuple[float, float]:
-        pipeline.unet = onnx_unet(quantized)
+        pipeline.use(quantized)
         metrics = [clip_metrics(ref, pipeline.generate(r)) for ref, r in zip(references, requests)]
         return float(np.mean([m["psnr_db"] for m in metrics])), float(np.mean([m["ssim"] for m in metrics]))
 

@@ -25,18 +25,15 @@ FRAMES = "FRAMES"  # fp32 [frames, 3, H, W] in [-1, 1]: decoded frames
 VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
 
-#: Engine slots: the repository entries that are TensorRT plans on GPU hosts and runner-backed elsewhere.
-ENGINE_SLOTS = ("text_encoder", "kv_projector", "unet", "unet_int8", "vae_decoder")
+#: Roles of the engine slots (each family declares its slots in ``families/<family>.py``).
+TEXT_ENCODER, KV_PROJECTOR, DENOISER, VAE_DECODER = "text_encoder", "kv_projector", "denoiser", "vae_decoder"
 
-#: UNet tracks a request chooses with PRECISION -> the repository entry the scheduler calls.
-#: "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU hosts, FP32 under ONNX Runtime.
-UNET_TRACKS = {"int8": "unet_int8", "fp16": "unet"}
-DEFAULT_PRECISION = "int8"
-
-#: Largest batch the UNet entries accept: Triton's dynamic batcher joins the CFG pairs (batch 2) of
+#: Largest batch the denoiser entries accept: Triton's dynamic batcher joins the CFG pairs (batch 2) of
 #: concurrent requests, so this is 4 requests' worth. Each request's pair stays together.
-UNET_MAX_BATCH = 8
-#: Scheduler (DDIM loop) instances: how many requests can be denoising at once, feeding the batcher.
+DENOISER_MAX_BATCH = 8
+#: One classifier-free-guidance pair (unconditional + conditional): the batch of one request.
+CFG_BATCH = 2
+#: Scheduler (sampling loop) instances: how many requests can be denoising at once, feeding the batcher.
 SCHEDULER_INSTANCES = 4
 
 #: Prompts longer than this many characters are refused before tokenizing.
@@ -48,20 +45,30 @@ PROMPT_MAX_CHARS = 2000
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Range:
-    """Inclusive numeric range, optionally with a step (values must be multiples of it)."""
+    """Inclusive numeric range, optionally on a grid: ``value % multiple_of == remainder``."""
 
     low: float
     high: float
     multiple_of: int = 1
+    remainder: int = 0
 
     def describe(self) -> str:
         text = f"[{_fmt(self.low)}, {_fmt(self.high)}]"
         if self.multiple_of > 1:
-            text += f", a multiple of {self.multiple_of}"
+            grid = f"a multiple of {self.multiple_of}"
+            text += f", {grid}" if not self.remainder else f", {self.multiple_of}k+{self.remainder}"
         return text
 
     def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high and (self.multiple_of <= 1 or int(value) % self.multiple_of == 0)
+        on_grid = self.multiple_of <= 1 or int(value) % self.multiple_of == self.remainder
+        return self.low <= value <= self.high and on_grid
+
+    def grid_values(self) -> tuple[int, int]:
+        """Smallest and largest allowed value."""
+        step = max(self.multiple_of, 1)
+        low = int(self.low) + (self.remainder - int(self.low)) % step
+        high = int(self.high) - (int(self.high) - self.remainder) % step
+        return low, high
 
 
 def _fmt(value: float) -> str:
@@ -73,6 +80,7 @@ class Preset:
     """Default geometry and sampling settings of a served model, plus the ranges it accepts."""
 
     name: str
+    family: str
     height: int
     width: int
     num_frames: int
@@ -82,13 +90,26 @@ class Preset:
     height_range: tuple[int, int]
     width_range: tuple[int, int]
     frames_range: tuple[int, int]
+    sampler: str = "ddim"
+    negative_prompt: str = ""
 
 
-#: Presets by name. ``tiny`` is the project's own demo/test model; ``modelscope`` matches
-#: ModelScope text-to-video-ms / ZeroScope v2 576w weights.
+#: Wan2.2's own default negative prompt (its ``sample_neg_prompt``), used when a request gives none.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+#: Presets by name; each names its model family. ``tiny`` and ``wan22-tiny`` are the project's own
+#: demo/test models; ``modelscope`` matches ModelScope text-to-video-ms / ZeroScope v2 576w weights;
+#: ``wan22-480p`` / ``wan22-720p`` Wan2.2 TI2V-5B or T2V-A14B (frames 4k+1, 24 fps, 50 steps, CFG 5).
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", 64, 64, 8, 8, 10, 7.5, (32, 128), (32, 128), (1, 16)),
-    "modelscope": Preset("modelscope", 320, 576, 24, 8, 25, 9.0, (256, 576), (256, 1024), (8, 32)),
+    "tiny": Preset("tiny", "unet3d", 64, 64, 8, 8, 10, 7.5, (32, 128), (32, 128), (1, 16)),
+    "modelscope": Preset("modelscope", "unet3d", 320, 576, 24, 8, 25, 9.0, (256, 576), (256, 1024), (8, 32)),
+    "wan22-tiny": Preset("wan22-tiny", "wan22", 64, 64, 9, 24, 10, 5.0, (32, 128), (32, 128), (1, 17), "unipc", WAN_NEGATIVE_PROMPT),
+    "wan22-480p": Preset("wan22-480p", "wan22", 480, 832, 81, 24, 50, 5.0, (256, 736), (256, 1280), (5, 121), "unipc", WAN_NEGATIVE_PROMPT),
+    "wan22-720p": Preset("wan22-720p", "wan22", 704, 1280, 121, 24, 50, 5.0, (256, 736), (256, 1280), (5, 121), "unipc", WAN_NEGATIVE_PROMPT),
 }
 
 STEPS_RANGE = Range(1, 100)
@@ -110,14 +131,15 @@ class Parameter:
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("PROMPT", "TYPE_STRING", False, "UTF-8 text, 1..PROMPT_MAX_CHARS characters, at most the text encoder's tokens"),
     Parameter("NEGATIVE_PROMPT", "TYPE_STRING", True, "UTF-8 text steering away from content; default empty"),
-    Parameter("STEPS", "TYPE_INT32", True, "DDIM steps"),
+    Parameter("STEPS", "TYPE_INT32", True, "denoising steps"),
     Parameter("GUIDANCE_SCALE", "TYPE_FP32", True, "classifier-free guidance scale"),
     Parameter("SEED", "TYPE_INT64", True, "noise seed; default: a random seed, returned in SEED"),
     Parameter("HEIGHT", "TYPE_INT32", True, "frame height in pixels"),
     Parameter("WIDTH", "TYPE_INT32", True, "frame width in pixels"),
     Parameter("NUM_FRAMES", "TYPE_INT32", True, "number of frames"),
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
-    Parameter("PRECISION", "TYPE_STRING", True, "UNet track: int8 (default) or fp16"),
+    Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp16; wan22: bf16)"),
+    Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
 )
 
 #: Validated, defaulted parameters as they leave ``preprocess`` (name -> Triton dtype).
@@ -130,6 +152,7 @@ RESOLVED_PARAMETERS: dict[str, str] = {
     "NUM_FRAMES": "TYPE_INT32",
     "FPS": "TYPE_INT32",
     "PRECISION": "TYPE_STRING",
+    "SAMPLER": "TYPE_STRING",
 }
 
 
@@ -177,27 +200,54 @@ class KVLayout:
 
 @dataclass(frozen=True)
 class ModelGeometry:
-    """Shapes a served model implies, read from its diffusers configs at export time."""
+    """What a served model implies for serving, read from its diffusers configs at export time.
+
+    ``tracks`` maps each PRECISION value to the denoiser entries of that track, one per expert
+    (Wan2.2 A14B: high-noise expert first); the scheduler switches from the first to the second
+    expert at ``boundary_ratio * num_train_timesteps``, as diffusers' ``WanPipeline`` does.
+    """
 
     family: str
     preset: str
     latent_channels: int
-    vae_scale_factor: int
-    unet_downsample_factor: int  # 2 ** number of UNet downsamplers
+    vae_scale_factor: int  # spatial
+    denoiser_downsample_factor: int  # UNet: 2 ** downsamplers; DiT: spatial patch size
     vae_scaling_factor: float
     text_max_length: int
     text_hidden_size: int
+    vocab_size: int
     kv_layout: KVLayout
+    tracks: dict[str, list[str]]
+    default_precision: str
+    samplers: list[str]
+    vae_temporal_factor: int = 1  # latent frames = (frames - 1) // factor + 1 when > 1
+    boundary_ratio: float | None = None
     scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pixel_multiple(self) -> int:
-        """Height and width must be multiples of this (VAE scale times UNet downsampling)."""
-        return self.vae_scale_factor * self.unet_downsample_factor
+        """Height and width must be multiples of this (VAE scale times denoiser downsampling)."""
+        return self.vae_scale_factor * self.denoiser_downsample_factor
 
     @property
     def presets(self) -> Preset:
         return PRESETS[self.preset]
+
+    @property
+    def experts(self) -> int:
+        return len(next(iter(self.tracks.values())))
+
+    @property
+    def boundary_timestep(self) -> float | None:
+        """Timesteps at or above this go to the first expert, below it to the second."""
+        if self.boundary_ratio is None or self.experts < 2:
+            return None
+        return self.boundary_ratio * int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def frames_range(self) -> Range:
+        low, high = self.presets.frames_range
+        factor = self.vae_temporal_factor
+        return Range(low, high, multiple_of=factor, remainder=1) if factor > 1 else Range(low, high)
 
     def ranges(self) -> dict[str, Range]:
         """Allowed range of every numeric request parameter for this model."""
@@ -209,7 +259,7 @@ class ModelGeometry:
             "SEED": SEED_RANGE,
             "HEIGHT": Range(*preset.height_range, multiple_of=m),
             "WIDTH": Range(*preset.width_range, multiple_of=m),
-            "NUM_FRAMES": Range(*preset.frames_range),
+            "NUM_FRAMES": self.frames_range(),
             "FPS": FPS_RANGE,
         }
 
@@ -224,9 +274,13 @@ class ModelGeometry:
             "FPS": preset.fps,
         }
 
+    def latent_frames(self, num_frames: int) -> int:
+        factor = self.vae_temporal_factor
+        return (num_frames - 1) // factor + 1 if factor > 1 else num_frames
+
     def latent_shape(self, height: int, width: int, num_frames: int, batch: int = 1) -> tuple[int, ...]:
         s = self.vae_scale_factor
-        return (batch, self.latent_channels, num_frames, height // s, width // s)
+        return (batch, self.latent_channels, self.latent_frames(num_frames), height // s, width // s)
 
     # -- serialisation: the repository carries this as t2v_model.json next to the entries that need it
     def to_json(self) -> str:

@@ -7,6 +7,11 @@ Decisions (TensorRT 10.5, the TensorRT of NGC Triton 24.10):
   and a strongly typed network would run them in FP32; the weakly typed network lets the FP16 builder
   flag pick FP16 kernels while the I/O tensors stay FP32, as the Triton configs declare.
 * **FP16 slots**: ``BuilderFlag.FP16``.
+* **BF16 slots** (wan22: UMT5 overflows in FP16, and the DiT was trained in BF16): ``BuilderFlag.BF16``
+  with FP32 islands: normalization, reduction (the decomposed RMS norms, softmax sums) and the
+  elementwise-unary layers (sqrt, exp, sin/cos of RoPE and the time embedding) are constrained to FP32
+  (``layer.precision`` and output types, ``BuilderFlag.PREFER_PRECISION_CONSTRAINTS``: TensorRT honours
+  them unless no FP32 kernel exists, and says so). **FP32 slots**: no reduced-precision flag.
 * **INT8 UNet** (explicit quantization): the ONNX carries QuantizeLinear/DequantizeLinear pairs with
   their scales (``t2vserve/quantize.py``), which TensorRT turns into IQuantizeLayer/IDequantizeLayer and
   builds with explicit-quantization rules: the Q/DQ scales are used as is and no calibrator is set. In a
@@ -168,6 +173,30 @@ def _check_profiles(network: trt.INetworkDefinition, job: BuildJob) -> None:
                     )
 
 
+#: Builder flags of each slot precision (``Slot.precision``).
+PRECISION_FLAGS: dict[str, list[trt.BuilderFlag]] = {
+    "fp16": [trt.BuilderFlag.FP16],
+    "int8": [trt.BuilderFlag.FP16, trt.BuilderFlag.INT8],
+    "bf16": [trt.BuilderFlag.BF16],
+    "fp32": [],
+}
+#: Layer types a BF16 plan keeps in FP32 (numerically sensitive: norms, sums, transcendental math).
+FP32_LAYER_TYPES = (trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE, trt.LayerType.UNARY, trt.LayerType.SOFTMAX)
+
+
+def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
+    """Constrain the numerically sensitive layers of a BF16 network to FP32; returns how many."""
+    count = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in FP32_LAYER_TYPES:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            count += 1
+    return count
+
+
 def _timing_cache(config: trt.IBuilderConfig, path: Path | None, log: Log) -> trt.ITimingCache:
     blob = path.read_bytes() if path is not None and path.exists() else b""
     cache = config.create_timing_cache(blob)
@@ -188,11 +217,14 @@ def build_plan(job: BuildJob, log: Log) -> None:
     _check_profiles(network, job)
 
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    if job.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales from the Q/DQ nodes, no calibrator
-    elif job.precision != "fp16":
-        raise EngineError(f"{job.slot}: unknown precision {job.precision!r}")
+    if job.precision not in PRECISION_FLAGS:
+        raise EngineError(f"{job.slot}: unknown precision {job.precision!r}; known: {', '.join(PRECISION_FLAGS)}")
+    for flag in PRECISION_FLAGS[job.precision]:  # int8: explicit quantization, scales from the Q/DQ nodes, no calibrator
+        config.set_flag(flag)
+    if job.precision == "bf16":
+        islands = _keep_fp32_islands(network)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        log(f"{job.slot}: BF16 with {islands} layers constrained to FP32 (norms, reductions, unary math)")
     config.builder_optimization_level = job.settings.optimization_level
     if job.settings.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, job.settings.workspace_bytes)

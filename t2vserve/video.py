@@ -13,6 +13,11 @@ def to_uint8_frames(frames: np.ndarray) -> np.ndarray:
     return np.round(video.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
 
 
+#: x264 speed preset: "veryfast" encodes several times faster than the default "medium" at the same
+#: CRF (slightly larger files); on the served path the encode is on every request's critical path.
+X264_PRESET = "veryfast"
+
+
 def encode_mp4(video: np.ndarray, fps: int, crf: int = 18) -> bytes:
     """uint8 [F, H, W, 3] -> MP4 (H.264, yuv420p). Height and width must be even."""
     import av
@@ -20,7 +25,7 @@ def encode_mp4(video: np.ndarray, fps: int, crf: int = 18) -> bytes:
     frames, height, width, _ = video.shape
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(fps), options={"crf": str(crf)})
+        stream = container.add_stream("libx264", rate=int(fps), options={"crf": str(crf), "preset": X264_PRESET})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))

@@ -8,7 +8,7 @@ import pytest
 
 from t2vserve.client import T2VClient
 from t2vserve.export import export_model
-from t2vserve.families import unet3d
+from t2vserve.families import get_family
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
 
@@ -18,12 +18,12 @@ TEST_CALIBRATION_PROMPTS = 2
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    return unet3d.build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-unet3d")
+    return get_family("unet3d").build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-unet3d")
 
 
 @pytest.fixture(scope="session")
 def components(tiny_model_dir):
-    return unet3d.load_components(tiny_model_dir)
+    return get_family("unet3d").components(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -24,29 +24,23 @@ from t2vserve.engines import (
     ShapeRange,
     TensorRTUnavailable,
 )
-from t2vserve.repository import BATCHED_ENTRIES, ENGINE_IO, stale_files
-from t2vserve.spec import (
-    ENGINE_SLOTS,
-    GEOMETRY_FILE,
-    KV,
-    LATENTS,
-    SAMPLE,
-    TIMESTEP,
-    UNET_MAX_BATCH,
-    KVLayout,
-    ModelGeometry,
-)
+from t2vserve.families import get_family
+from t2vserve.repository import slot_tensors, stale_files
+from t2vserve.spec import DENOISER_MAX_BATCH, GEOMETRY_FILE, KV, LATENTS, SAMPLE, TIMESTEP, KVLayout, ModelGeometry
 
 A100 = RuntimeInfo("10.5.0", "NVIDIA A100-SXM4-80GB", "8.0")
+UNET3D = get_family("unet3d")
+ENGINE_SLOTS = [slot.name for slot in UNET3D.slots()]
 
 
 def _geometry(preset: str) -> ModelGeometry:
     """Geometries as the unet3d family derives them: the tiny demo model and ModelScope text-to-video-ms."""
+    tracks = {"geometry": dict(tracks=UNET3D.tracks(), default_precision="int8", samplers=["ddim"])}["geometry"]
     if preset == "tiny":
         layers = [("down.attn2", 8, 4), ("up.0.attn2", 8, 4), ("up.1.attn2", 8, 4), ("mid.attn2", 16, 4)]
-        return ModelGeometry("unet3d", "tiny", 4, 4, 2, 0.18215, 77, 32, KVLayout.from_layers(layers))
+        return ModelGeometry("unet3d", "tiny", 4, 4, 2, 0.18215, 77, 32, 1000, KVLayout.from_layers(layers), **tracks)
     layers = [(f"block{i}.attn2", 5 * (1 + i % 4), 64) for i in range(16)]
-    return ModelGeometry("unet3d", "modelscope", 4, 8, 8, 0.18215, 77, 1024, KVLayout.from_layers(layers))
+    return ModelGeometry("unet3d", "modelscope", 4, 8, 8, 0.18215, 77, 1024, 1000, KVLayout.from_layers(layers), **tracks)
 
 
 @pytest.fixture(params=["tiny", "modelscope"])
@@ -58,9 +52,10 @@ def geometry(request) -> ModelGeometry:
 # Profiles
 # --------------------------------------------------------------------------------------------------
 def test_profiles_name_every_onnx_input_with_its_rank(geometry) -> None:
-    for slot in ENGINE_SLOTS:
+    for declared in UNET3D.slots():
+        slot = declared.name
         (profile,) = engines.slot_profiles(slot, geometry)
-        inputs, _ = ENGINE_IO[slot]
+        inputs, _ = slot_tensors(declared)
         assert list(profile) == [t.name for t in inputs], slot
         for tensor in inputs:
             shape = profile[tensor.name]
@@ -82,26 +77,26 @@ def test_unet_profiles_cfg_batch_frames_and_latent_resolution(geometry) -> None:
         (profile,) = engines.slot_profiles(slot, geometry)
         sample = profile[SAMPLE]
         assert (sample.min, sample.opt, sample.max) == EXPECTED_SAMPLE[geometry.preset]
-        assert profile[TIMESTEP] == ShapeRange((2,), (2,), (UNET_MAX_BATCH,))
+        assert profile[TIMESTEP] == ShapeRange((2,), (2,), (DENOISER_MAX_BATCH,))
         width = geometry.kv_layout.width
-        assert profile[KV] == ShapeRange((2, 77, width), (2, 77, width), (UNET_MAX_BATCH, 77, width))
+        assert profile[KV] == ShapeRange((2, 77, width), (2, 77, width), (DENOISER_MAX_BATCH, 77, width))
         # Triton refuses a config whose max_batch_size exceeds what the plan's profile allows
-        assert sample.max[0] >= BATCHED_ENTRIES[slot]
+        assert sample.max[0] >= UNET3D.slot(slot).max_batch
 
 
 def test_text_and_vae_profiles(geometry) -> None:
     (text,) = engines.slot_profiles("text_encoder", geometry)
-    assert text["INPUT_IDS"] == ShapeRange((2, 77), (2, 77), (UNET_MAX_BATCH, 77))
+    assert text["INPUT_IDS"] == ShapeRange((2, 77), (2, 77), (DENOISER_MAX_BATCH, 77))
     (kv,) = engines.slot_profiles("kv_projector", geometry)
     hidden = geometry.text_hidden_size
-    assert kv["TEXT_EMBEDS"] == ShapeRange((2, 77, hidden), (2, 77, hidden), (UNET_MAX_BATCH, 77, hidden))
+    assert kv["TEXT_EMBEDS"] == ShapeRange((2, 77, hidden), (2, 77, hidden), (DENOISER_MAX_BATCH, 77, hidden))
     (vae,) = engines.slot_profiles("vae_decoder", geometry)
-    assert vae[LATENTS] == EXPECTED_LATENTS[geometry.preset]  # frames are the VAE's batch: [frames, C, h, w]
+    assert vae[LATENTS] == EXPECTED_LATENTS[geometry.preset]  # one clip's latents: [1, C, frames, h, w]
 
 
 EXPECTED_LATENTS = {
-    "tiny": ShapeRange((1, 4, 8, 8), (8, 4, 16, 16), (16, 4, 32, 32)),
-    "modelscope": ShapeRange((8, 4, 32, 32), (24, 4, 40, 72), (32, 4, 72, 128)),
+    "tiny": ShapeRange((1, 4, 1, 8, 8), (1, 4, 8, 16, 16), (1, 4, 16, 32, 32)),
+    "modelscope": ShapeRange((1, 4, 8, 32, 32), (1, 4, 24, 40, 72), (1, 4, 32, 72, 128)),
 }
 
 
@@ -122,10 +117,37 @@ def test_every_request_the_preset_accepts_fits_the_profile(geometry) -> None:
     )
 
 
-def test_pixel_range_rounds_to_allowed_multiples() -> None:
+def test_ranges_round_to_allowed_grid_values() -> None:
     from t2vserve.spec import Range
 
-    assert engines._pixel_extent(Range(250, 580, 64), 320, 8) == engines.Extent(32, 40, 72)
+    assert Range(250, 580, 64).grid_values() == (256, 576)
+    assert Range(5, 121, 4, remainder=1).grid_values() == (5, 121)
+    assert Range(2, 20, 4, remainder=1).grid_values() == (5, 17)
+
+
+def _wan_geometry(experts: int = 1) -> ModelGeometry:
+    """Wan2.2 TI2V-5B as the wan22 family derives it (30 blocks of 24 x 128 heads, z48, 16x spatial, 4x temporal)."""
+    layers = [(f"blocks.{i}.attn2", 24, 128) for i in range(30)]
+    tracks = {"bf16": ["transformer", "transformer_2"][:experts]}
+    return ModelGeometry("wan22", "wan22-480p", 48, 16, 2, 1.0, 512, 4096, 256384, KVLayout.from_layers(layers), tracks,
+                         "bf16", ["unipc", "euler"], vae_temporal_factor=4, boundary_ratio=0.875 if experts == 2 else None)
+
+
+@pytest.mark.parametrize("experts", [1, 2])
+def test_wan22_profiles_latent_frames_and_experts(experts: int) -> None:
+    """Worked out by hand: frames 5..121 (4k+1) -> latent 2..31 (opt 81 -> 21); 256..736 x 256..1280 px -> /16."""
+    geometry = _wan_geometry(experts)
+    slots = get_family("wan22").slots_of(geometry)
+    assert [s.name for s in slots] == ["text_encoder", "kv_projector", "transformer", "transformer_2"][: 3 + experts - 1] + ["vae_decoder"]
+    assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32"}
+    for entry in geometry.tracks["bf16"]:
+        (profile,) = engines.slot_profiles(entry, geometry)
+        assert profile[SAMPLE] == ShapeRange((2, 48, 2, 16, 16), (2, 48, 21, 30, 52), (8, 48, 31, 46, 80))
+        assert profile[KV] == ShapeRange((2, 512, 184320), (2, 512, 184320), (8, 512, 184320))
+    (vae,) = engines.slot_profiles("vae_decoder", geometry)
+    assert vae[LATENTS] == ShapeRange((1, 48, 2, 16, 16), (1, 48, 21, 30, 52), (1, 48, 31, 46, 80))
+    (text,) = engines.slot_profiles("text_encoder", geometry)
+    assert text["INPUT_IDS"] == ShapeRange((2, 512), (2, 512), (DENOISER_MAX_BATCH, 512))
 
 
 def test_shape_range_rejects_inconsistent_shapes() -> None:
@@ -136,7 +158,7 @@ def test_shape_range_rejects_inconsistent_shapes() -> None:
 
 
 def test_precision_per_slot() -> None:
-    assert engines.SLOT_PRECISION == {
+    assert {slot.name: slot.precision for slot in UNET3D.slots()} == {
         "text_encoder": "fp16",
         "kv_projector": "fp16",
         "unet": "fp16",

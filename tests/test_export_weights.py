@@ -1,14 +1,11 @@
 """Export through the real loading path: a diffusers directory written by save_pretrained."""
 
 import pytest
-import torch
 from diffusers import TextToVideoSDPipeline
 
-from t2vserve.export import ONNX_TOLERANCE, check_inputs
+from t2vserve.export import ONNX_TOLERANCE, check_slot
 from t2vserve.export import main as export_main
-from t2vserve.families import unet3d
-from t2vserve.families.unet3d import CachedKVUNet
-from t2vserve.onnx_export import compare_with_torch
+from t2vserve.families import get_family
 from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
 
 
@@ -33,12 +30,10 @@ def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None
     exported = CLIPTokenizer.from_pretrained(str(repository / "preprocess" / "1" / "tokenizer"))
     assert exported("a cat").input_ids == tokenizer_ids
     # the exported UNet carries the saved weights: it matches the pipeline's own UNet on random inputs
-    unet_graph = next(g for g in unet3d.engine_graphs(unet3d.load_components(weights), geometry) if g.name == "unet")
-    unet_graph.module = CachedKVUNet(pipe.unet)
-    torch.manual_seed(0)
-    assert compare_with_torch(unet_graph, repository / "unet" / "1" / "model.onnx", check_inputs(unet_graph)) <= ONNX_TOLERANCE
+    unet = get_family("unet3d").slot("unet")
+    assert check_slot(unet, unet.module(pipe), geometry, repository / "unet" / "1" / "model.onnx") <= ONNX_TOLERANCE
 
 
 def test_export_refuses_a_directory_that_is_not_a_model(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a diffusers text-to-video directory"):
+    with pytest.raises(FileNotFoundError, match="not a diffusers unet3d directory"):
         export_main(["--weights", str(tmp_path), "--repository", str(tmp_path / "repo")])

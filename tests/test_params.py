@@ -17,7 +17,7 @@ def test_defaults_come_from_the_preset(geometry) -> None:
 
 def test_multiple_of_comes_from_the_geometry(geometry) -> None:
     m = geometry.pixel_multiple
-    assert m == geometry.vae_scale_factor * geometry.unet_downsample_factor
+    assert m == geometry.vae_scale_factor * geometry.denoiser_downsample_factor
     low = PRESETS[geometry.preset].height_range[0]
     with pytest.raises(ParameterError, match=f"HEIGHT: {low + m // 2} is out of range; allowed .*a multiple of {m}"):
         resolve({"PROMPT": np.array([b"a"], dtype=object), "HEIGHT": np.array([low + m // 2], np.int32)}, geometry)

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from t2vserve.export import QUANTIZATION_REPORT
 from t2vserve.quality import evaluate, gate_failures, load_quality_set
 from t2vserve.quantize import DEFAULT_RECIPE, Recipe
-from t2vserve.spec import UNET_TRACKS
+from t2vserve.quality import TRACK_ENTRIES as UNET_TRACKS
 
 
 @pytest.fixture(scope="module")

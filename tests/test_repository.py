@@ -4,22 +4,48 @@ import re
 
 import onnx
 
-from t2vserve.repository import ENGINE_IO, ENSEMBLE_STEPS, RUNNER_PARAMETERS, ensemble_inputs, render_repository, stale_files
+import pytest
+
+from t2vserve.families import FAMILIES, get_family
+from t2vserve.repository import (
+    ENSEMBLE_STEPS,
+    RUNNER_PARAMETERS,
+    ensemble_inputs,
+    foreign_entries,
+    render_repository,
+    slot_tensors,
+    stale_files,
+    write_repository,
+)
 from t2vserve.server import DEFAULT_MODEL_REPOSITORY
-from t2vserve.spec import ENGINE_SLOTS
 
 
 def test_committed_configs_equal_generated() -> None:
     assert stale_files(DEFAULT_MODEL_REPOSITORY) == [], "run: python -m t2vserve.repository --write"
 
 
-def test_engine_slots_have_tensorrt_default_and_runner_configs() -> None:
-    files = render_repository()
-    for slot in ENGINE_SLOTS:
-        assert 'platform: "tensorrt_plan"' in files[f"{slot}/config.pbtxt"]
+FAMILY_LAYOUTS = [(name, experts) for name in sorted(FAMILIES) for experts in (1, 2) if not (name == "unet3d" and experts == 2)]
+
+
+@pytest.mark.parametrize("family,experts", FAMILY_LAYOUTS)
+def test_engine_slots_have_tensorrt_default_and_runner_configs(family: str, experts: int) -> None:
+    files = render_repository(family, experts)
+    for slot in get_family(family).slots(experts):
+        config = files[f"{slot.name}/config.pbtxt"]
+        assert 'platform: "tensorrt_plan"' in config
+        assert f"max_batch_size: {slot.max_batch}" in config
         for runner in RUNNER_PARAMETERS:
-            text = files[f"{slot}/configs/{runner}.pbtxt"]
+            text = files[f"{slot.name}/configs/{runner}.pbtxt"]
             assert 'backend: "python"' in text and f'string_value: "{runner}"' in text
+            assert ("dynamic_batching" in text) == (slot.max_batch > 0)
+
+
+def test_a_repository_of_another_family_is_refused(tmp_path) -> None:
+    """Exporting wan22 over a unet3d repository would leave entries Triton tries to load: refused."""
+    write_repository(tmp_path, "unet3d")
+    assert foreign_entries(tmp_path, "wan22") == ["unet", "unet_int8"]
+    with pytest.raises(FileExistsError, match="unet, unet_int8"):
+        write_repository(tmp_path, "wan22")
 
 
 def test_ensemble_tensors_are_produced_before_use() -> None:
@@ -38,8 +64,9 @@ def _optional(name: str) -> bool:
     return any(t.name == name and t.optional for t in ensemble_inputs())
 
 
-def test_engine_configs_match_exported_onnx(repository) -> None:
-    for slot, (inputs, outputs) in ENGINE_IO.items():
+def test_engine_configs_match_exported_onnx(repository, geometry) -> None:
+    for declared_slot in get_family(geometry.family).slots_of(geometry):
+        slot, (inputs, outputs) = declared_slot.name, slot_tensors(declared_slot)
         model = onnx.load(str(repository / slot / "1" / "model.onnx"), load_external_data=False)
         assert [i.name for i in model.graph.input] == [t.name for t in inputs]
         assert [o.name for o in model.graph.output] == [t.name for t in outputs]

@@ -1,16 +1,30 @@
-"""Model families. Each module exposes build_tiny_model, load_components, geometry and engine_graphs."""
+"""The family registry: the one place that names the model families.
+
+Everything else reaches a family through ``get_family(name)`` (or ``family_of(preset)``), so adding
+a family means one new module here plus its tests.
+"""
 
 from __future__ import annotations
 
-from types import ModuleType
+from ..spec import PRESETS
+from .base import Family
+from .unet3d import FAMILY as UNET3D
+from .wan22 import FAMILY as WAN22
 
-from . import unet3d
+FAMILIES: dict[str, Family] = {family.name: family for family in (UNET3D, WAN22)}
+DEFAULT_FAMILY = UNET3D.name
 
-FAMILIES: dict[str, ModuleType] = {unet3d.FAMILY: unet3d}
 
-
-def get_family(name: str) -> ModuleType:
+def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
+
+
+def family_of(preset: str) -> Family:
+    """The family a preset belongs to."""
+    try:
+        return get_family(PRESETS[preset].family)
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}") from None

@@ -1,25 +1,22 @@
 """Model family "unet3d": ModelScope text-to-video-ms / ZeroScope (CLIP text encoder, UNet3D, AutoencoderKL).
 
 Everything family-specific lives here: the tiny demo configuration, loading a diffusers-format
-directory, the packed cross-attention K/V (projector and the UNet that consumes it) and the graphs
-exported to ONNX. The scheduler, the repository and the client only see ``ModelGeometry``.
+directory, the packed cross-attention K/V (projector and the UNet that consumes it) and the slot
+declarations (``UNet3DFamily.slots``). The scheduler, the repository and the client only see
+``ModelGeometry`` and the slots, through the registry.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import KV, FRAMES, INPUT_IDS, LATENTS, NOISE_PRED, SAMPLE, TEXT_EMBEDS, TIMESTEP, KVLayout, ModelGeometry
-from .base import EngineGraph
-
-FAMILY = "unet3d"
+from ..spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, KVLayout, ModelGeometry
+from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, load_model, read_scheduler_config
 
 #: The tiny random-initialised demo model: same architecture as ModelScope, toy widths.
 TINY_UNET_CONFIG: dict[str, Any] = {
@@ -54,6 +51,21 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 77,
     "projection_dim": 32,
 }
+#: ModelScope text-to-video-ms dimensions (benchmarks: random weights, speed does not depend on their values).
+MODELSCOPE_UNET: dict[str, Any] = {
+    "sample_size": 32, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "cross_attention_dim": 1024,
+    "attention_head_dim": 64, "norm_num_groups": 32,
+}
+MODELSCOPE_VAE: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2, "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215,
+}
+MODELSCOPE_TEXT: dict[str, Any] = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+                                   "max_position_embeddings": 77, "projection_dim": 1024, "hidden_act": "gelu"}
 #: ModelScope text-to-video-ms's scheduler settings.
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -66,64 +78,6 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
-
-
-@dataclass
-class Components:
-    """The loaded torch modules of one unet3d model."""
-
-    tokenizer: Any
-    text_encoder: nn.Module
-    unet: nn.Module
-    vae: nn.Module
-    scheduler_config: dict[str, Any]
-
-
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Create the tiny random model and save it in diffusers format (``TextToVideoSDPipeline`` layout)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ..tiny_tokenizer import save_tiny_tokenizer
-
-    out_dir = Path(out_dir)
-    tokenizer = save_tiny_tokenizer(out_dir / "tokenizer", TINY_TEXT_CONFIG["max_position_embeddings"])
-    torch.manual_seed(seed)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **TINY_TEXT_CONFIG,
-    )
-    pipe = TextToVideoSDPipeline(
-        vae=AutoencoderKL(**TINY_VAE_CONFIG),
-        text_encoder=CLIPTextModel(text_config),
-        tokenizer=tokenizer,
-        unet=UNet3DConditionModel(**TINY_UNET_CONFIG),
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-    )
-    pipe.save_pretrained(str(out_dir))
-    return out_dir
-
-
-def load_components(model_dir: Path, dtype: torch.dtype = torch.float32) -> Components:
-    """Load each component of a local diffusers-format directory with ``from_pretrained``."""
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    model_dir = Path(model_dir)
-    for sub in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
-        if not (model_dir / sub).is_dir():
-            raise FileNotFoundError(f"{model_dir} is not a diffusers text-to-video directory: no {sub}/")
-    scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
-    return Components(
-        tokenizer=CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer")),
-        text_encoder=CLIPTextModel.from_pretrained(str(model_dir / "text_encoder"), torch_dtype=dtype).eval(),
-        unet=UNet3DConditionModel.from_pretrained(str(model_dir / "unet"), torch_dtype=dtype).eval(),
-        vae=AutoencoderKL.from_pretrained(str(model_dir / "vae"), torch_dtype=dtype).eval(),
-        scheduler_config={k: v for k, v in scheduler_config.items() if not k.startswith("_")},
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +201,7 @@ class TextEncoderGraph(nn.Module):
 
 
 class VaeDecoderGraph(nn.Module):
-    """Latents [N, C, h, w] (frames as batch) -> frames [N, 3, H, W] in about [-1, 1]."""
+    """Latents [1, C, F, h, w] -> frames [F, 3, H, W] in about [-1, 1] (the frames are the 2D VAE's batch)."""
 
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
@@ -255,87 +209,100 @@ class VaeDecoderGraph(nn.Module):
         self.scaling_factor = float(vae.config.scaling_factor)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
-
-
-def load_slot_module(model_dir: Path, slot: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """The torch module of one engine slot, loaded from a diffusers directory (the torch runner)."""
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextModel
-
-    model_dir = Path(model_dir)
-    if slot == "text_encoder":
-        module: nn.Module = TextEncoderGraph(CLIPTextModel.from_pretrained(str(model_dir / "text_encoder"), torch_dtype=dtype))
-    elif slot in ("kv_projector", "unet", "unet_int8"):
-        unet = UNet3DConditionModel.from_pretrained(str(model_dir / "unet"), torch_dtype=dtype)
-        module = KVProjector(unet) if slot == "kv_projector" else CachedKVUNet(unet)
-    elif slot == "vae_decoder":
-        module = VaeDecoderGraph(AutoencoderKL.from_pretrained(str(model_dir / "vae"), torch_dtype=dtype))
-    else:
-        raise ValueError(f"unknown engine slot {slot!r}")
-    return module.to(device).eval()
+        frames = latents[0].permute(1, 0, 2, 3)
+        return self.vae.decode(frames / self.scaling_factor, return_dict=False)[0]
 
 
 # --------------------------------------------------------------------------------------------------
-# Geometry and exported graphs
+# The family declaration
 # --------------------------------------------------------------------------------------------------
-def geometry(components: Components, preset: str) -> ModelGeometry:
-    unet, vae, text = components.unet, components.vae, components.text_encoder
-    return ModelGeometry(
-        family=FAMILY,
-        preset=preset,
-        latent_channels=int(unet.config.in_channels),
-        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
-        unet_downsample_factor=2 ** (len(unet.config.block_out_channels) - 1),
-        vae_scaling_factor=float(vae.config.scaling_factor),
-        text_max_length=int(components.tokenizer.model_max_length),
-        text_hidden_size=int(text.config.hidden_size),
-        kv_layout=kv_layout(unet),
-        scheduler_config=components.scheduler_config,
-    )
+#: PRECISION -> the UNet entry. "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU
+#: hosts, FP32 under ONNX Runtime; "int8" its Q/DQ twin.
+TRACKS = {"int8": ["unet_int8"], "fp16": ["unet"]}
 
 
-def engine_graphs(components: Components, geo: ModelGeometry) -> list[EngineGraph]:
-    """The four engine-slot graphs with example inputs at the preset's default size."""
-    preset = geo.presets
-    _, channels, frames, h, w = geo.latent_shape(preset.height, preset.width, min(preset.num_frames, 4), batch=2)
-    seq, width = geo.text_max_length, geo.kv_layout.width
-    return [
-        EngineGraph(
-            "text_encoder",
-            TextEncoderGraph(components.text_encoder),
-            {INPUT_IDS: torch.randint(0, len(components.tokenizer), (2, seq))},
-            [TEXT_EMBEDS],
-            {INPUT_IDS: {0: "batch"}, TEXT_EMBEDS: {0: "batch"}},
-        ),
-        EngineGraph(
-            "kv_projector",
-            KVProjector(components.unet),
-            {TEXT_EMBEDS: torch.randn(2, seq, geo.text_hidden_size)},
-            [KV],
-            {TEXT_EMBEDS: {0: "batch"}, KV: {0: "batch"}},
-        ),
-        EngineGraph(
-            "unet",
-            CachedKVUNet(components.unet),
-            {
-                SAMPLE: torch.randn(2, channels, frames, h, w),
-                TIMESTEP: torch.tensor([981.0, 981.0]),
-                KV: torch.randn(2, seq, width),
-            },
-            [NOISE_PRED],
-            {
-                SAMPLE: {0: "batch", 2: "frames", 3: "latent_height", 4: "latent_width"},
-                TIMESTEP: {0: "batch"},
-                KV: {0: "batch"},
-                NOISE_PRED: {0: "batch", 2: "frames", 3: "latent_height", 4: "latent_width"},
-            },
-        ),
-        EngineGraph(
-            "vae_decoder",
-            VaeDecoderGraph(components.vae),
-            {LATENTS: torch.randn(frames, channels, h, w)},
-            [FRAMES],
-            {LATENTS: {0: "frames", 2: "latent_height", 3: "latent_width"}, FRAMES: {0: "frames", 2: "height", 3: "width"}},
-        ),
-    ]
+class UNet3DFamily(Family):
+    name = "unet3d"
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    default_precision = "int8"
+    reference_dtype = torch.float16
+
+    def tracks(self, experts: int = 1) -> dict[str, list[str]]:
+        return TRACKS
+
+    def slots(self, experts: int = 1) -> tuple[Slot, ...]:
+        if experts != 1:
+            raise ValueError("unet3d models have one UNet")
+        return (
+            Slot("text_encoder", TEXT_ENCODER, (TEXT_IDS,), (TEXT_OUT,), lambda c: TextEncoderGraph(c.text_encoder)),
+            Slot("kv_projector", KV_PROJECTOR, (TEXT_OUT,), (PACKED_KV,), lambda c: KVProjector(c.unet)),
+            Slot("unet", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet)),
+            Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet"),
+            Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
+        )
+
+    def load_tokenizer(self, directory: Path) -> Any:
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(str(directory))
+
+    def load_component(self, model_dir: Path, name: str, dtype: torch.dtype | None) -> Any:
+        from diffusers import AutoencoderKL, UNet3DConditionModel
+        from transformers import CLIPTextModel
+
+        path = str(Path(model_dir) / name)
+        if name == "tokenizer":
+            return self.load_tokenizer(Path(path))
+        if name == "scheduler_config":
+            return read_scheduler_config(model_dir)
+        classes = {"text_encoder": CLIPTextModel, "unet": UNet3DConditionModel, "vae": AutoencoderKL}
+        return load_model(classes[name], Path(path), dtype)
+
+    def geometry(self, components: Any, preset: str) -> ModelGeometry:
+        unet, vae, text = components.unet, components.vae, components.text_encoder
+        return ModelGeometry(
+            family=self.name,
+            preset=preset,
+            latent_channels=int(unet.config.in_channels),
+            vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+            denoiser_downsample_factor=2 ** (len(unet.config.block_out_channels) - 1),
+            vae_scaling_factor=float(vae.config.scaling_factor),
+            text_max_length=int(components.tokenizer.model_max_length),
+            text_hidden_size=int(text.config.hidden_size),
+            vocab_size=len(components.tokenizer),
+            kv_layout=kv_layout(unet),
+            tracks=self.tracks(),
+            default_precision=self.default_precision,
+            samplers=["ddim"],
+            scheduler_config=components.scheduler_config,
+        )
+
+    def build_tiny_model(self, out_dir: Path, seed: int = 0, **variant: Any) -> Path:
+        """Create the tiny random model and save it in diffusers format (``TextToVideoSDPipeline`` layout)."""
+        from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+    
+        from ..tiny_tokenizer import save_tiny_tokenizer
+    
+        out_dir = Path(out_dir)
+        tokenizer = save_tiny_tokenizer(out_dir / "tokenizer", TINY_TEXT_CONFIG["max_position_embeddings"])
+        torch.manual_seed(seed)
+        text_config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TINY_TEXT_CONFIG,
+        )
+        pipe = TextToVideoSDPipeline(
+            vae=AutoencoderKL(**TINY_VAE_CONFIG),
+            text_encoder=CLIPTextModel(text_config),
+            tokenizer=tokenizer,
+            unet=UNet3DConditionModel(**TINY_UNET_CONFIG),
+            scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        )
+        pipe.save_pretrained(str(out_dir))
+        return out_dir
+
+
+FAMILY = UNet3DFamily()

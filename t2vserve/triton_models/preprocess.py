@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from ..families import get_family
 from ..params import resolve, tokenize_pair
 from ..spec import GEOMETRY_FILE, INPUT_IDS, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
 from .common import error_response, optional_input, version_dir
@@ -13,11 +14,11 @@ from .common import error_response, optional_input, version_dir
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        from transformers import CLIPTokenizer
-
         directory = version_dir(args)
         self.geometry = ModelGeometry.load(directory / GEOMETRY_FILE)
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(directory / "tokenizer"))
+        family = get_family(self.geometry.family)
+        self.clean = family.clean_prompt
+        self.tokenizer = family.load_tokenizer(directory / "tokenizer")
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -26,7 +27,7 @@ class TritonPythonModel:
         try:
             raw = {p.name: optional_input(request, p.name) for p in PARAMETERS}
             resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry)
-            ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length)
+            ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length, self.clean)
             outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
             for name, value in resolved.resolved().items():
                 value = value.encode("utf-8") if isinstance(value, str) else value

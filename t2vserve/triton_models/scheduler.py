@@ -1,9 +1,11 @@
-"""``scheduler``: the DDIM loop, calling the UNet through BLS with the request's packed K/V at every step.
+"""``scheduler``: the sampling loop, calling the denoiser entries through BLS with the request's packed K/V.
 
-PRECISION picks the UNet entry (``spec.UNET_TRACKS``: int8 -> ``unet_int8``, fp16 -> ``unet``).
+PRECISION picks the track (the model's ``ModelGeometry.tracks``: unet3d int8 -> ``unet_int8``, fp16 ->
+``unet``; wan22 bf16 -> ``transformer`` [+ ``transformer_2``, the low-noise expert below the boundary
+timestep]); SAMPLER the sampler (unet3d: ddim; wan22: unipc, euler).
 
 The K/V tensor arrives once per request (from ``kv_projector``) and is passed unchanged to every
-UNet call. Latents are created on the K/V's device, so with a GPU runner the whole loop stays on
+denoiser call. Latents are created on the K/V's device, so with a GPU runner the whole loop stays on
 the GPU (DLPack in and out of BLS, no host round trip per step).
 """
 
@@ -13,10 +15,11 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from ..ddim import DDIM
-from ..sampling import denoise, initial_latents, latents_to_frames_batch
-from ..spec import GEOMETRY_FILE, KV, LATENTS, NOISE_PRED, SAMPLE, TIMESTEP, UNET_TRACKS, ModelGeometry
+from ..samplers import make_sampler
+from ..sampling import denoise, initial_latents
+from ..spec import GEOMETRY_FILE, KV, LATENTS, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
 from .common import config_parameter, error_response, from_torch, infer, model_config, to_torch, version_dir
+
 
 def _assert_on(device_type: str, **tensors) -> None:
     for name, tensor in tensors.items():
@@ -27,11 +30,10 @@ def _assert_on(device_type: str, **tensors) -> None:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.geometry = ModelGeometry.load(version_dir(args) / GEOMETRY_FILE)
-        self.ddim = DDIM(self.geometry.scheduler_config)
+        self.samplers = {name: make_sampler(name, self.geometry.scheduler_config) for name in self.geometry.samplers}
         # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
-        # UNet output live on that device type, i.e. nothing took a host round trip.
+        # denoiser output live on that device type, i.e. nothing took a host round trip.
         self.assert_device = config_parameter(model_config(args), "assert_device", "") or os.environ.get("T2V_ASSERT_DEVICE") or None
-
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -43,9 +45,6 @@ class TritonPythonModel:
         try:
             kv_tensor = pb_utils.get_input_tensor_by_name(request, KV)
             kv = to_torch(kv_tensor)
-            unet_model = UNET_TRACKS[self._scalar(request, "PRECISION").decode("utf-8")]
-            steps = int(self._scalar(request, "STEPS"))
-            guidance = float(self._scalar(request, "GUIDANCE_SCALE"))
             latents = initial_latents(
                 self.geometry,
                 int(self._scalar(request, "HEIGHT")),
@@ -55,16 +54,24 @@ class TritonPythonModel:
                 device=kv.device,
             )
 
-            def unet(sample, timestep):
-                # the UNet entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
+            def denoiser(entry, sample, timestep):
+                # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
                 inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_tensor]
-                (noise,) = infer(unet_model, inputs, [NOISE_PRED])
-                noise = to_torch(noise)
+                (output,) = infer(entry, inputs, [NOISE_PRED])
+                output = to_torch(output)
                 if self.assert_device is not None:
-                    _assert_on(self.assert_device, kv=kv, sample=sample, noise=noise)
-                return noise.to(sample.device)
+                    _assert_on(self.assert_device, kv=kv, sample=sample, output=output)
+                return output.to(sample.device)
 
-            latents = denoise(unet, latents, steps, guidance, self.ddim)
-            return pb_utils.InferenceResponse([from_torch(LATENTS, latents_to_frames_batch(latents))])
+            latents = denoise(
+                denoiser,
+                latents,
+                int(self._scalar(request, "STEPS")),
+                float(self._scalar(request, "GUIDANCE_SCALE")),
+                self.samplers[self._scalar(request, "SAMPLER").decode("utf-8")],
+                self.geometry,
+                self._scalar(request, "PRECISION").decode("utf-8"),
+            )
+            return pb_utils.InferenceResponse([from_torch(LATENTS, latents)])
         except Exception as exc:
             return error_response(exc)

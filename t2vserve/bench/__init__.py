@@ -1,0 +1,104 @@
+"""Benchmarks: the served pipeline vs the same runners in-process vs diffusers, printed as tables.
+
+    make bench                                                     # CPU: tiny unet3d, ONNX Runtime runner
+    python client/bench.py inprocess --device cuda --preset modelscope    # GPU (device tool)
+    python client/bench.py served --device cuda --preset wan22-480p       # GPU (device tool)
+
+Every family runs through the same code: the model's slots (``families/``), its diffusers pipeline
+as reference (``DiffusionPipeline.from_pretrained`` of the same directory) and the repository's
+runners. Results land in a JSON file next to a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..export import TINY_PRESETS, ensure_tiny_model, export_model, quiet_libraries
+from ..families import family_of
+from ..server import REPO_ROOT
+from ..spec import PRESETS
+from .common import RunnerPipeline, bench_request, load_geometry, timed
+from .inprocess import run_inprocess
+from .report import markdown
+from .served import run_served
+
+
+def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int) -> tuple[Path, Path]:
+    """(model dir, repository) for ``preset``: the tiny model of a tiny preset, else full size with random weights."""
+    family = family_of(preset)
+    if preset in TINY_PRESETS.values():
+        model_dir = ensure_tiny_model(family.name, work / "tiny", experts=experts) if experts > 1 else ensure_tiny_model(family.name)
+    elif (work / preset / "model_index.json").exists():  # --work of an earlier part (same machine)
+        model_dir = work / preset
+    else:
+        dtype = family.reference_dtype if device == "cuda" else torch.float32
+        model_dir = family.build_full_size_model(work / preset, preset, dtype, device, experts=experts)
+    repository = work / "model_repository"
+    export_model(model_dir, repository, preset, check=False, calibration_prompts=1, onnx=(runner == "onnxruntime"))
+    return model_dir, repository
+
+
+def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
+    """``make bench``: the tiny model in-process (ONNX Runtime runners) vs through the embedded server."""
+    geometry = load_geometry(repository)
+    request = bench_request(geometry, args.steps, args.frames)
+    runners = RunnerPipeline(repository, args.runner, args.device, request.precision)
+    runners.clip(request)
+    inprocess = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0)
+    del runners
+    results = run_served(args, repository)
+    results["inprocess_clip_s"] = inprocess
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="t2vserve benchmarks")
+    parser.add_argument("part", choices=("cpu", "inprocess", "served", "all", "report"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--experts", type=int, choices=(1, 2), default=1, help="denoiser experts (wan22: 2 = the A14B layout)")
+    parser.add_argument("--runner", choices=("onnxruntime", "torch"), default=None, help="default: onnxruntime on CPU, torch on CUDA")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step-repeats", type=int, default=10)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
+    parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")
+    parser.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary: also run the perf recipe")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench.json")
+    parser.add_argument("--work", type=Path, default=None, help="keep the model and repository here (default: a temporary directory)")
+    parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="report: JSON files to merge")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    args.runner = args.runner or ("torch" if args.device == "cuda" else "onnxruntime")
+    if args.part == "report":
+        merged: dict[str, Any] = {}
+        for path in args.inputs:
+            merged.update(json.loads(path.read_text()))
+        print(markdown(merged))
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"command": " ".join(["python client/bench.py", *(argv if argv is not None else sys.argv[1:])])}
+    with tempfile.TemporaryDirectory(prefix="t2v-bench-") as tmp:
+        work = args.work or Path(tmp)
+        model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts)
+        if args.part in ("inprocess", "all"):
+            results["inprocess"] = run_inprocess(args, model_dir, repository)
+            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the server's runners load next
+        if args.part in ("served", "all"):
+            results["served"] = run_served(args, repository)
+        if args.part == "cpu":
+            results["cpu"] = run_cpu(args, repository)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(markdown(results))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,148 @@
+"""Benchmark helpers: timing, environment, Triton statistics, client load, and the runners in-process."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..client import GenerationRequest, T2VClient
+from ..families import get_family
+from ..params import ResolvedRequest
+from ..pipeline import Pipeline
+from ..runners import make_runner
+from ..spec import GEOMETRY_FILE, ModelGeometry
+from ..video import encode_mp4
+
+BENCH_PROMPT = "a red panda eating bamboo in a misty forest, cinematic"
+
+
+def load_geometry(repository: Path) -> ModelGeometry:
+    return ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)
+
+
+def runner_config(repository: Path, entry: str, runner: str) -> dict[str, Any]:
+    """The model config Triton hands a Python-backend model (JSON of ``configs/<runner>.pbtxt``)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = repository / entry / "configs" / f"{runner}.pbtxt"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+class RunnerPipeline(Pipeline):
+    """prompt -> clip with a repository's runners in this process: the served computation minus Triton."""
+
+    def __init__(self, repository: Path, runner: str, device: str, precision: str | None = None) -> None:
+        geometry = load_geometry(repository)
+        family = get_family(geometry.family)
+        tracks = [precision] if precision else list(geometry.tracks)
+        wanted = {entry for track in tracks for entry in geometry.tracks[track]}
+        slots = [s for s in family.slots_of(geometry) if s.role != "denoiser" or s.name in wanted]
+        self.runners = {s.name: make_runner(runner, repository / s.name / "1", runner_config(repository, s.name, runner)) for s in slots}
+        tokenizer = family.load_tokenizer(repository / "preprocess" / "1" / "tokenizer")
+        super().__init__(geometry, tokenizer, lambda name, inputs: self.runners[name].run(inputs), device)
+
+    def clip(self, request: ResolvedRequest) -> tuple[np.ndarray, bytes]:
+        video = self.generate(request)
+        return video, encode_mp4(video, request.fps)
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1, cuda: bool = False) -> float:
+    """Median seconds of ``fn`` (CUDA-synchronised when ``cuda``)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def bf16_matmul_peak(n: int = 8192) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    seconds = timed(lambda: a @ a, repeats=10, warmup=3, cuda=True)
+    return 2 * n**3 / seconds
+
+
+def environment() -> dict[str, Any]:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    try:
+        import diffusers
+        import onnxruntime
+
+        info["diffusers"], info["onnxruntime"] = diffusers.__version__, onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def bench_request(geometry: ModelGeometry, steps: int | None, frames: int | None, precision: str | None = None) -> ResolvedRequest:
+    p = geometry.presets
+    track = precision or next(t for t in geometry.tracks if t != "int8")  # full precision by default
+    return ResolvedRequest(
+        BENCH_PROMPT, p.negative_prompt, steps or p.steps, p.guidance_scale, 42, p.height, p.width,
+        frames or p.num_frames, p.fps, track, p.sampler,
+    )
+
+
+def as_client_request(r: ResolvedRequest) -> GenerationRequest:
+    return GenerationRequest(r.prompt, steps=r.steps, guidance_scale=r.guidance_scale, seed=r.seed, height=r.height,
+                             width=r.width, num_frames=r.num_frames, fps=r.fps, precision=r.precision, sampler=r.sampler)
+
+
+def model_stats(url: str) -> dict[str, dict[str, float]]:
+    """Per model: executions, inferences, compute and queue milliseconds (Triton's statistics API)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    out = {}
+    for m in stats:
+        infer = m.get("inference_stats", {})
+        out[m["name"]] = {
+            "executions": float(m.get("execution_count", 0)),
+            "inferences": float(m.get("inference_count", 0)),
+            "compute_ms": sum(float(infer.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")) / 1e6,
+            "queue_ms": float(infer.get("queue", {}).get("ns", 0)) / 1e6,
+        }
+    return out
+
+
+def load(url: str, request: GenerationRequest, concurrency: int, per_client: int) -> float:
+    """Clips per second with ``concurrency`` clients each sending ``per_client`` requests back to back."""
+    errors: list[BaseException] = []
+
+    def client_loop() -> None:
+        try:
+            with T2VClient(url) as client:
+                for _ in range(per_client):
+                    client.generate(request)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return concurrency * per_client / (time.perf_counter() - start)

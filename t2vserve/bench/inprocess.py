@@ -1,0 +1,92 @@
+"""In-process GPU/CPU measurements: diffusers eager end to end, denoiser steps (stock, cached K/V, as the
+runner runs it), FLOPs and share of the measured bf16 peak, VAE decode, peak memory, and the t2vserve
+loop in-process with the repository's runners (what the served path runs, minus Triton)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..families import get_family
+from ..spec import DENOISER, KV_PROJECTOR, VAE_DECODER
+from .common import RunnerPipeline, bench_request, bf16_matmul_peak, environment, load_geometry, timed
+
+
+def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -> dict[str, Any]:
+    from diffusers import DiffusionPipeline
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cuda = args.device == "cuda"
+    geometry = load_geometry(repository)
+    family = get_family(geometry.family)
+    request = bench_request(geometry, args.steps, args.frames)
+    results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "family": family.name}
+    dtype = family.reference_dtype if cuda else torch.float32
+
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=dtype).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    results["reference_pipeline"] = type(pipe).__name__
+
+    def diffusers_clip(steps: int) -> Any:
+        return pipe(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=steps,
+                    guidance_scale=request.guidance_scale, height=request.height, width=request.width,
+                    num_frames=request.num_frames, generator=torch.Generator("cpu").manual_seed(42), output_type="np")
+
+    diffusers_clip(2)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    results["diffusers_clip_s"] = timed(lambda: diffusers_clip(request.steps), repeats=args.repeats, warmup=0, cuda=cuda)
+    if cuda:
+        results["diffusers_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    print(f"diffusers eager clip ({results['reference_pipeline']}): {results['diffusers_clip_s']:.3f} s", flush=True)
+
+    # one denoiser step, CFG as one batch-2 call, at the request's size
+    slots = {slot.role: slot for slot in family.slots_of(geometry) if slot.quantized_from is None}
+    shape = geometry.latent_shape(request.height, request.width, request.num_frames, batch=2)
+    sample = torch.randn(shape, device=args.device, dtype=dtype)
+    timestep = torch.full((2,), 981.0, device=args.device)
+    text = torch.randn(2, geometry.text_max_length, geometry.text_hidden_size, device=args.device, dtype=dtype)
+    stock = family.stock_denoiser(pipe)
+    cached, vae, projector = (slots[role].module(pipe).to(args.device) for role in (DENOISER, VAE_DECODER, KV_PROJECTOR))
+    with torch.inference_mode():
+        kv = projector(text)
+        results["kv_bytes_per_request_fp32"] = kv.numel() * 4
+        results["kv_projection_s"] = timed(lambda: projector(text), 3, 1, cuda)
+        results["denoiser_step_stock_eager_s"] = timed(lambda: stock(sample, timestep, text), args.step_repeats, 3, cuda)
+        results["denoiser_step_cached_kv_eager_s"] = timed(lambda: cached(sample, timestep, kv), args.step_repeats, 3, cuda)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            stock(sample, timestep, text)
+        results["denoiser_step_flop"] = int(counter.get_total_flops())
+        latents = torch.randn(1, *shape[1:], device=args.device, dtype=dtype)
+        results["vae_decode_eager_s"] = timed(lambda: vae(latents), 3, 1, cuda)
+    print(f"denoiser step eager: stock {results['denoiser_step_stock_eager_s'] * 1e3:.1f} ms, "
+          f"cached K/V {results['denoiser_step_cached_kv_eager_s'] * 1e3:.1f} ms", flush=True)
+    del pipe, cached, stock, vae, projector
+    if cuda:
+        torch.cuda.empty_cache()
+        results["bf16_matmul_peak_flops"] = bf16_matmul_peak()
+
+    # the runner's modules, exactly as the served engine slots run them
+    runners = RunnerPipeline(repository, args.runner, args.device, request.precision)
+    denoiser = runners.runners[geometry.tracks[request.precision][0]]
+    kv_runner = runners.runners[slots[KV_PROJECTOR].name].run({slots[KV_PROJECTOR].input_names[0]: text.float()})
+    feeds = dict(zip(slots[DENOISER].input_names, (sample.float(), timestep, next(iter(kv_runner.values())))))
+    start = time.perf_counter()
+    denoiser.run(feeds)
+    results["runner_denoiser_first_call_s"] = time.perf_counter() - start  # includes torch.compile
+    results["denoiser_step_runner_s"] = timed(lambda: denoiser.run(feeds), args.step_repeats, 3, cuda)
+    vae_runner = runners.runners[slots[VAE_DECODER].name]
+    results["vae_decode_runner_s"] = timed(lambda: vae_runner.run({slots[VAE_DECODER].input_names[0]: latents.float()}), 3, 1, cuda)
+    runners.clip(request)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    results["inprocess_clip_s"] = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0, cuda=cuda)
+    if cuda:
+        results["inprocess_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    print(f"runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
+    return results

@@ -1,0 +1,67 @@
+"""Markdown tables from the benchmark JSON (whatever parts are present: cpu, inprocess, served)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def inprocess_table(r: dict[str, Any]) -> list[str]:
+    peak = r.get("bf16_matmul_peak_flops")
+    share = lambda s: f"{r['denoiser_step_flop'] / s / peak * 100:.0f}%" if peak else "-"  # noqa: E731
+    lines = [
+        "| in-process measurement | value | share of measured bf16 peak |", "|---|---|---|",
+        f"| diffusers eager clip ({r.get('reference_pipeline', 'diffusers')}) | {r['diffusers_clip_s']:.2f} s | |",
+        f"| t2vserve loop in-process, runner modules | {r['inprocess_clip_s']:.2f} s | |",
+        f"| clip ratio t2vserve in-process / diffusers | {r['inprocess_clip_s'] / r['diffusers_clip_s']:.2f} | |",
+        f"| denoiser step (CFG batch 2), stock diffusers (text embeddings), eager | {_ms(r['denoiser_step_stock_eager_s'])} | {share(r['denoiser_step_stock_eager_s'])} |",
+        f"| denoiser step, cached K/V, eager | {_ms(r['denoiser_step_cached_kv_eager_s'])} | {share(r['denoiser_step_cached_kv_eager_s'])} |",
+        f"| denoiser step, runner (as served) | {_ms(r['denoiser_step_runner_s'])} | {share(r['denoiser_step_runner_s'])} |",
+        f"| denoiser FLOP per step (CFG batch 2) | {r['denoiser_step_flop'] / 1e12:.1f} TFLOP | |",
+        f"| K/V per request (fp32, both CFG branches) / its projection, once | {r['kv_bytes_per_request_fp32'] / 2**20:.1f} MiB / {_ms(r['kv_projection_s'])} | |",
+        f"| VAE decode, eager / runner | {_ms(r['vae_decode_eager_s'])} / {_ms(r['vae_decode_runner_s'])} | |",
+        f"| runner denoiser first call (torch.compile included) | {r['runner_denoiser_first_call_s']:.1f} s | |",
+    ]
+    for key, label in (("diffusers_peak_memory_gb", "diffusers"), ("inprocess_peak_memory_gb", "t2vserve in-process")):
+        if key in r:
+            lines.append(f"| peak GPU memory allocated, {label} | {r[key]:.1f} GiB | |")
+    if peak:
+        lines.append(f"| measured bf16 matmul peak (8192^3) | {peak / 1e12:.0f} TFLOP/s | |")
+    return lines + [""]
+
+
+def served_table(served: dict[str, Any], inprocess: float | None, diffusers: float | None) -> list[str]:
+    lines = ["| served measurement | value |", "|---|---|", f"| served clip (gRPC, median) | {served['served_clip_s']:.3f} s |"]
+    if inprocess:
+        lines.append(f"| serving overhead = served / in-process (same runner) | {served['served_clip_s'] / inprocess:.3f} |")
+    if diffusers:
+        lines.append(f"| served / diffusers eager | {served['served_clip_s'] / diffusers:.2f} |")
+    lines += [
+        f"| denoiser step as served (Triton compute) | {served['denoiser_step_served_ms']:.1f} ms |",
+        f"| scheduler overhead per step (BLS round trip + sampler update) | {served['scheduler_overhead_per_step_ms']:.2f} ms |",
+        f"| first request (warm-up, compile) | {served['first_request_s']:.1f} s |",
+        f"| mean denoiser batch (samples per execution) under load | {served['denoiser_mean_batch']:.2f} |",
+    ]
+    if served.get("peak_gpu_memory_gb"):
+        lines.append(f"| peak GPU memory in use (nvidia-smi, whole server) | {served['peak_gpu_memory_gb']:.1f} GiB |")
+    tp = {int(k): v for k, v in served.get("throughput_clips_per_s", {}).items()}
+    for c in sorted(tp):
+        base = tp.get(1)
+        ratio = f" ({tp[c] / base:.2f}x concurrency 1)" if base else ""
+        lines.append(f"| throughput at concurrency {c} | {tp[c]:.3f} clips/s{ratio} |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    inprocess = results.get("inprocess")
+    if inprocess:
+        lines += inprocess_table(inprocess)
+    served = results.get("served") or results.get("cpu")
+    if served:
+        base = inprocess or served
+        lines += served_table(served, base.get("inprocess_clip_s"), base.get("diffusers_clip_s"))
+    return "\n".join(lines) + "\n"

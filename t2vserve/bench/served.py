@@ -1,0 +1,109 @@
+"""Served measurements: tritonserver with a runner: latency, serving overhead, throughput under
+concurrency, BLS cost per step, peak GPU memory, and the perf_analyzer recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..client import GenerationRequest, T2VClient
+from ..server import EmbeddedTritonServer
+from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats
+
+
+class GpuMemoryPoller:
+    """Peak GPU memory in use (all processes, nvidia-smi) while the context is open."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s, self.peak_mib, self._stop = interval_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, check=False).stdout
+            self.peak_mib = max([self.peak_mib, *(int(v) for v in out.split() if v.isdigit())])
+
+    def __enter__(self) -> "GpuMemoryPoller":
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
+    geometry = load_geometry(repository)
+    request = as_client_request(bench_request(geometry, args.steps, args.frames))
+    results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "runner": args.runner}
+    if args.device == "cuda":
+        os.environ["T2V_ASSERT_DEVICE"] = "cuda"  # the scheduler checks K/V, latents, denoiser output every step
+        os.environ["T2V_STUB_NUMPY1"] = "1"  # client/gpu_bench.sh: numpy 1.x for Triton's Python stubs only
+    log = Path(args.out).parent / "bench-tritonserver.log"
+
+    def checkpoint() -> None:  # partial results survive a run cut short
+        Path(args.out).with_suffix(".served-partial.json").write_text(json.dumps({"served": results, "partial": True}, indent=2, default=str) + "\n")
+
+    pool = 2048 if args.device == "cuda" else None
+    denoiser = geometry.tracks[request.precision or geometry.default_precision][0]
+    with GpuMemoryPoller() as memory, EmbeddedTritonServer(repository, runner=args.runner, log_path=log, cuda_memory_pool_mb=pool) as server:
+        with T2VClient(server.grpc_url) as client:
+            start = time.perf_counter()
+            client.generate(request)
+            results["first_request_s"] = time.perf_counter() - start  # includes torch.compile in the runner
+            print(f"first request {results['first_request_s']:.1f} s", flush=True)
+            if args.concurrency:
+                start = time.perf_counter()
+                load(server.grpc_url, request, max(args.concurrency), 1)  # batch sizes > 2 appear: recompiles happen here
+                results["warmup_batched_s"] = time.perf_counter() - start
+            checkpoint()
+            before = model_stats(server.grpc_url)
+            latencies = [client.generate(request).seconds for _ in range(args.repeats)]
+            after = model_stats(server.grpc_url)
+        results["served_clip_s"] = statistics.median(latencies)
+        n, steps = len(latencies), int(request.steps or 0)
+        per_request = {k: (after[k]["compute_ms"] - before[k]["compute_ms"]) / n for k in after}
+        results["per_request_compute_ms"] = per_request
+        denoiser_ms = sum(per_request[e] for e in set(sum(geometry.tracks.values(), [])) if e in per_request)
+        results["scheduler_overhead_per_step_ms"] = (per_request["scheduler"] - denoiser_ms) / steps
+        results["denoiser_step_served_ms"] = denoiser_ms / steps
+        throughput = {}
+        for concurrency in args.concurrency:
+            throughput[concurrency] = load(server.grpc_url, request, concurrency, args.per_client)
+            print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s", flush=True)
+            checkpoint()
+        results["throughput_clips_per_s"] = throughput
+        final = model_stats(server.grpc_url)[denoiser]
+        results["denoiser_mean_batch"] = final["inferences"] / max(final["executions"], 1)
+        results["peak_gpu_memory_gb"] = memory.peak_mib / 1024
+        checkpoint()
+        if args.perf_analyzer:
+            results["perf_analyzer"] = run_perf_analyzer(args.perf_analyzer, server.grpc_url, Path(args.out).parent, request)
+    print(f"served clip {results['served_clip_s']:.3f} s; scheduler overhead {results['scheduler_overhead_per_step_ms']:.2f} ms/step", flush=True)
+    return results
+
+
+def run_perf_analyzer(binary: str, url: str, out_dir: Path, request: GenerationRequest) -> dict[str, Any]:
+    """The perf_analyzer recipe (t2vserve.perf) against the same server, with the bench's steps and precision."""
+    from dataclasses import asdict
+
+    from .. import perf
+
+    data = perf.input_data(request.precision or "fp16", STEPS=int(request.steps or 0))
+    input_file = out_dir / "perf_input.json"
+    input_file.write_text(json.dumps(data, indent=2))
+    rows = perf.sweep(binary, url, input_file, [1, 2, 4], out_dir, minimum=2)
+    table = perf.markdown_table(rows)
+    (out_dir / "perf.md").write_text(table)
+    print(table, flush=True)
+    commands = [" ".join(perf.perf_analyzer_command("perf_analyzer", "localhost:8001", Path("perf_input.json"), c, Path(f"perf_c{c}.csv"), minimum=2)) for c in (1, 2, 4)]
+    return {"rows": [asdict(r) for r in rows], "commands": commands, "input_data": data}

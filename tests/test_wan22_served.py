@@ -1,0 +1,166 @@
+"""Integration, wan22: the tiny Wan2.2 model exported (dynamo ONNX) and served by a real tritonserver.
+
+References are diffusers' own ``WanPipeline`` (TI2V-5B layout with ``expand_timesteps``; A14B layout
+with two experts and ``boundary_ratio``) with the same weights, seed and scheduler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tritonclient.utils import InferenceServerException
+
+from t2vserve.client import GenerationRequest, T2VClient
+from t2vserve.export import export_model
+from t2vserve.families import get_family
+from t2vserve.server import EmbeddedTritonServer
+from t2vserve.spec import GEOMETRY_FILE, PRESETS, ModelGeometry
+
+PRESET = PRESETS["wan22-tiny"]
+PROMPT = "a red ball rolls to the left on a black floor"
+#: Served (ONNX Runtime or the torch runner; cached K/V; CFG as one batch-2 call) vs WanPipeline
+#: (torch, text embeddings, two batch-1 calls per step), fp32 on the CPU, as uint8 frames.
+MAX_LEVELS = 2
+MEAN_LEVELS = 0.05
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    return get_family("wan22").build_tiny_model(tmp_path_factory.mktemp("wan") / "tiny-wan22")
+
+
+@pytest.fixture(scope="module")
+def wan_repository(wan_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan-repo") / "model_repository"
+    export_model(wan_dir, root, "wan22-tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def wan_server(wan_repository, tmp_path_factory):
+    with EmbeddedTritonServer(wan_repository, log_path=tmp_path_factory.mktemp("wan-log") / "tritonserver.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def wan_client(request, wan_server):
+    url = wan_server.grpc_url if request.param == "grpc" else wan_server.http_url
+    with T2VClient(url, request.param) as c:
+        yield c
+
+
+def _reference(model_dir, scheduler=None, **kwargs) -> np.ndarray:
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(model_dir))
+    if scheduler is not None:
+        pipe.scheduler = scheduler(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(kwargs.pop("seed")), output_type="np", **kwargs).frames[0]
+    return np.round(np.asarray(frames) * 255).astype(int)
+
+
+def _close(served: np.ndarray, expected: np.ndarray) -> None:
+    assert served.shape == expected.shape
+    diff = np.abs(served.astype(int) - expected)
+    assert diff.max() <= MAX_LEVELS and diff.mean() < MEAN_LEVELS, (diff.max(), diff.mean())
+
+
+def test_geometry_of_the_tiny_wan_model(wan_repository) -> None:
+    geometry = ModelGeometry.load(wan_repository / "scheduler" / "1" / GEOMETRY_FILE)
+    assert (geometry.family, geometry.latent_channels, geometry.vae_temporal_factor, geometry.pixel_multiple) == ("wan22", 48, 4, 32)
+    assert geometry.tracks == {"bf16": ["transformer"]} and geometry.samplers == ["unipc", "euler"]
+    assert geometry.latent_shape(64, 96, 9) == (1, 48, 3, 4, 6)
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "euler"])
+def test_served_clip_equals_wan_pipeline(wan_client, wan_dir, sampler: str) -> None:
+    """Both samplers, default negative prompt (Wan's own), against WanPipeline with the matching diffusers scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    euler = (lambda config: FlowMatchEulerDiscreteScheduler(shift=config["flow_shift"])) if sampler == "euler" else None
+    steps, guidance, seed = 5, 5.0, 3
+    expected = _reference(wan_dir, euler, negative_prompt=PRESET.negative_prompt, num_inference_steps=steps,
+                          guidance_scale=guidance, height=PRESET.height, width=PRESET.width, num_frames=PRESET.num_frames, seed=seed)
+    served = wan_client.generate(GenerationRequest(PROMPT, steps=steps, guidance_scale=guidance, seed=seed, sampler=sampler))
+    _close(served.video, expected)
+
+
+def test_deterministic_per_seed_over_both_protocols(wan_server, wan_client) -> None:
+    request = GenerationRequest(PROMPT, steps=2, seed=9, num_frames=5, height=32, width=64)
+    with T2VClient(wan_server.grpc_url, "grpc") as grpc_client:
+        first = grpc_client.generate(request)
+    again = wan_client.generate(request)
+    other = wan_client.generate(GenerationRequest(PROMPT, steps=2, seed=10, num_frames=5, height=32, width=64))
+    assert first.video.shape == (5, 32, 64, 3)
+    np.testing.assert_array_equal(first.video, again.video)
+    assert not np.array_equal(first.video, other.video)
+
+
+def _invalid_cases() -> list[tuple[str, dict, str]]:
+    high_frames = PRESET.frames_range[1]
+    return [
+        ("NUM_FRAMES", {"num_frames": 8}, f"allowed [1, {high_frames}], 4k+1"),
+        ("NUM_FRAMES", {"num_frames": high_frames + 4}, "4k+1"),
+        ("HEIGHT", {"height": 48}, "a multiple of 32"),
+        ("WIDTH", {"width": PRESET.width_range[1] + 32}, "a multiple of 32"),
+        ("SAMPLER", {"sampler": "ddim"}, "allowed: unipc, euler"),
+        ("PRECISION", {"precision": "int8"}, "allowed: bf16"),
+        ("PROMPT", {"prompt": " ".join(["zebra"] * 330)}, "allowed at most 511 tokens"),  # < 2000 characters
+        ("STEPS", {"steps": 101}, "allowed [1, 100]"),
+        ("GUIDANCE_SCALE", {"guidance_scale": 31.0}, "allowed [1, 30]"),
+    ]
+
+
+def test_invalid_parameters_get_invalid_arg(wan_client) -> None:
+    for name, overrides, message in _invalid_cases():
+        with pytest.raises(InferenceServerException) as info:
+            wan_client.generate(GenerationRequest(**{"prompt": PROMPT, "steps": 1, "seed": 0, **overrides}))
+        assert str(info.value.status()) in ("StatusCode.INVALID_ARGUMENT", "400"), (name, info.value.message())
+        assert f"{name}:" in info.value.message() and message in info.value.message(), info.value.message()
+    assert wan_client.generate(GenerationRequest(PROMPT, steps=1, seed=0)).video.shape == (PRESET.num_frames, PRESET.height, PRESET.width, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The A14B layout: two experts, switched at the boundary timestep (torch runner: no ONNX export needed)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def experts_dir(tmp_path_factory):
+    return get_family("wan22").build_tiny_model(tmp_path_factory.mktemp("wan2") / "tiny-wan22-a14b", seed=1, experts=2)
+
+
+@pytest.fixture(scope="module")
+def experts_server(experts_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan2-repo") / "model_repository"
+    export_model(experts_dir, root, "wan22-tiny", onnx=False)
+    with EmbeddedTritonServer(root, runner="torch", log_path=tmp_path_factory.mktemp("wan2-log") / "tritonserver.log") as srv:
+        yield srv, ModelGeometry.load(root / "scheduler" / "1" / GEOMETRY_FILE)
+
+
+def test_two_experts_switch_at_the_boundary_like_wan_pipeline(experts_server, experts_dir) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from t2vserve.samplers import make_sampler
+
+    server, geometry = experts_server
+    assert geometry.tracks == {"bf16": ["transformer", "transformer_2"]} and geometry.boundary_ratio == 0.875
+
+    def executions() -> dict[str, int]:
+        with grpcclient.InferenceServerClient(server.grpc_url) as stats_client:
+            stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
+        return {m["name"]: int(m.get("execution_count", 0)) for m in stats if m["name"].startswith("transformer")}
+
+    steps, seed = 8, 4
+    timesteps = make_sampler("unipc", geometry.scheduler_config).trajectory(steps).timesteps
+    high = sum(t >= geometry.boundary_timestep for t in timesteps)
+    assert 0 < high < steps  # the trajectory crosses the boundary
+    before = executions()
+    with T2VClient(server.grpc_url, "grpc") as client:
+        served = client.generate(GenerationRequest(PROMPT, steps=steps, seed=seed, guidance_scale=4.0)).video
+    after = executions()
+    assert after["transformer"] - before["transformer"] == high
+    assert after["transformer_2"] - before["transformer_2"] == steps - high
+    expected = _reference(experts_dir, negative_prompt=PRESET.negative_prompt, num_inference_steps=steps, guidance_scale=4.0,
+                          height=PRESET.height, width=PRESET.width, num_frames=PRESET.num_frames, seed=seed)
+    _close(served, expected)
