@@ -77,6 +77,10 @@ def onnxruntime_session(path: Path, threads: int = 0):
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Q/DQ graphs run as quantize -> dequantize -> float op: exact INT8 arithmetic (what TensorRT's
+    # int32-accumulating kernels compute). Fused into ONNX Runtime's x86 int8 kernels instead, the
+    # u8 x s8 pair sums saturate at int16 on CPUs without VNNI (AVX2), and fidelity depends on the CPU.
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
