@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .client import GenerationRequest, T2VClient
-from .export import TINY_PRESETS, ensure_tiny_model, export_model, quiet_libraries, tiny_dir
+from .export import ensure_tiny_model, export_model, quiet_libraries, tiny_dir
 from .families import DEFAULT_FAMILY, FAMILIES, get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
 from .spec import DENOISER
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     repository = args.repository or default_repository(args.model)
     timings.append((f"tiny {args.model} model", time.perf_counter() - start))
     start = time.perf_counter()
-    geometry = export_model(model_dir, repository, TINY_PRESETS[args.model], calibration_prompts=args.calibration_prompts)
+    geometry = export_model(model_dir, repository, get_family(args.model).tiny_preset, calibration_prompts=args.calibration_prompts)
     timings.append(("export ONNX (+ INT8 tracks)", time.perf_counter() - start))
     slots = get_family(args.model).slots_of(geometry)
     denoisers = [slot.name for slot in slots if slot.role == DENOISER]

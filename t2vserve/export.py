@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .families import family_of, get_family
-from .families.base import Family, Slot
+from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
 from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_unet, weight_bytes
 from .repository import write_repository
@@ -37,8 +37,6 @@ ONNX_TOLERANCE = 1e-4
 GEOMETRY_ENTRIES = ("preprocess", "scheduler")
 #: Written next to an INT8 denoiser: recipe, calibration and weight sizes.
 QUANTIZATION_REPORT = "quantization.json"
-#: The tiny demo preset of each family.
-TINY_PRESETS = {"unet3d": "tiny", "wan22": "wan22-tiny"}
 
 
 def tiny_dir(family: str) -> Path:
@@ -107,7 +105,7 @@ def export_model(
                 export_slot(slot, components, geometry, repository / slot.name / "1" / "model.onnx", check)
         for slot in slots:
             if slot.quantized_from is not None:
-                quantize_int8(family, slot, components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
+                quantize_int8(slot, components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
     _write_serving_metadata(components, geometry, repository)
     log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
     return geometry
@@ -122,9 +120,7 @@ def _write_serving_metadata(components, geometry: ModelGeometry, repository: Pat
         (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
 
 
-def quantize_int8(
-    family: Family, slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None
-) -> dict:
+def quantize_int8(slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
     """Calibrate on captured sampler trajectories, write the INT8 slot's Q/DQ ONNX and its size report."""
     from .pipeline import InProcessPipeline
 

@@ -21,6 +21,7 @@ from t2vserve.families.wan22_modules import (
     TextEncoderGraph,
     VaeDecoderGraph,
     clean_prompt,
+    experts_kv_layout,
     kv_layout,
 )
 from t2vserve.families.wan22_tiny import (
@@ -184,6 +185,27 @@ def test_only_kv_changes_the_output(transformer) -> None:
         other = cached(sample, timestep, projector(text + 1.0))
     assert torch.equal(first, again)
     assert (first - other).abs().max() > 1e-3
+
+
+def test_two_experts_each_read_their_own_kv(transformer) -> None:
+    """A14B: each expert has its own text embedder and K/V projections; the packed tensor carries both."""
+    second = copy.deepcopy(transformer)
+    with torch.no_grad():
+        for param in second.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    sample, timestep, text = _inputs(2, 2, 4, 4, seed=11)
+    layout = experts_kv_layout([("transformer", transformer), ("transformer_2", second)])
+    with torch.no_grad():
+        kv = KVProjector(transformer, second)(text)
+        assert kv.shape[-1] == layout.width == 2 * kv_layout(transformer).width
+        assert layout.layers[-1].name.startswith("transformer_2.blocks.")
+        first = CachedKVTransformer(transformer, kv_slice="head")(sample, timestep, kv)
+        last = CachedKVTransformer(second, kv_slice="tail")(sample, timestep, kv)
+        stock_first = transformer(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+        stock_last = second(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+    assert (first - stock_first).abs().max().item() <= 1e-4
+    assert (last - stock_last).abs().max().item() <= 1e-4
+    assert (stock_first - stock_last).abs().max().item() > 1e-2  # the experts differ: reading the wrong K/V would show
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..export import TINY_PRESETS, ensure_tiny_model, export_model, quiet_libraries
+from ..export import ensure_tiny_model, export_model, quiet_libraries
 from ..families import family_of
 from ..server import REPO_ROOT
 from ..spec import PRESETS
@@ -33,7 +33,7 @@ from .served import run_served
 def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int) -> tuple[Path, Path]:
     """(model dir, repository) for ``preset``: the tiny model of a tiny preset, else full size with random weights."""
     family = family_of(preset)
-    if preset in TINY_PRESETS.values():
+    if preset == family.tiny_preset:
         model_dir = ensure_tiny_model(family.name, work / "tiny", experts=experts) if experts > 1 else ensure_tiny_model(family.name)
     elif (work / preset / "model_index.json").exists():  # --work of an earlier part (same machine)
         model_dir = work / preset

@@ -173,6 +173,7 @@ class Family:
     name: str = ""
     component_names: tuple[str, ...] = ()
     default_precision: str = ""
+    tiny_preset: str = ""  # the preset of the family's tiny demo model
     reference_dtype: torch.dtype = torch.bfloat16  # the diffusers reference pipeline's dtype on the GPU
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:

@@ -225,6 +225,7 @@ class UNet3DFamily(Family):
     name = "unet3d"
     component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     default_precision = "int8"
+    tiny_preset = "tiny"
     reference_dtype = torch.float16
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:

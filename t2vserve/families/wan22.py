@@ -56,6 +56,7 @@ class Wan22Family(Family):
     name = "wan22"
     component_names = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
     default_precision = "bf16"
+    tiny_preset = "wan22-tiny"
     reference_dtype = torch.bfloat16
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:
