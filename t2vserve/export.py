@@ -80,6 +80,7 @@ def export_model(
     recipe: Recipe | None = None,
     calibration_prompts: int | None = None,
     onnx: bool = True,
+    only: list[str] | None = None,
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
@@ -87,6 +88,7 @@ def export_model(
     slot's ONNX with ``recipe`` (default: data/recipes/unet_int8.json), calibrated on the first
     ``calibration_prompts`` prompts (all: None). ``onnx=False`` writes only configs and metadata:
     enough for the torch runner, which loads the diffusers directory itself (``source.json``).
+    ``only``: export just these slots' ONNX (full-size checks one graph at a time on a small disk).
     """
     family = family_of(preset)
     start = time.perf_counter()
@@ -99,6 +101,11 @@ def export_model(
     for slot in slots:
         source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts}
         (repository / slot.name / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+    if only:
+        unknown = sorted(set(only) - {slot.name for slot in slots})
+        if unknown:
+            raise ValueError(f"unknown slot(s) {', '.join(unknown)}; this model's: {', '.join(s.name for s in slots)}")
+        slots = tuple(slot for slot in slots if slot.name in only)
     if onnx:
         for slot in slots:
             if slot.quantized_from is None:
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None, help="override the recipe's")
     parser.add_argument("--calibration-prompts", type=int, default=None, help="use only the first N calibration prompts")
     parser.add_argument("--metadata-only", action="store_true", help="configs and metadata only (torch runner): no ONNX, no INT8")
+    parser.add_argument("--slots", default=None, help="comma-separated: export only these slots' ONNX (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe.load(args.int8_recipe) if args.int8_recipe else Recipe.load()
     if args.calibration_method:
         recipe = recipe.with_method(args.calibration_method)
-    export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only)
+    only = [name.strip() for name in args.slots.split(",")] if args.slots else None
+    export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only, only)
     return 0
 
 
