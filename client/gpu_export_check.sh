@@ -18,6 +18,7 @@ if [ ! -f "$model/model_index.json" ]; then
   echo "built $model in $(( $(date +%s) - start )) s: $(du -sh "$model" | cut -f1)" | tee -a "$out/export-check.log"
 fi
 rm -f "$repo"/*/1/model.onnx "$repo"/*/1/model.onnx.data
-/usr/bin/time -v python3 export/export_onnx.py --weights "$model" --preset wan22-tiny --repository "$repo" --slots "$slots" 2>&1 \
+timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)   # peak memory where GNU time exists
+"${timer[@]}" python3 export/export_onnx.py --weights "$model" --preset wan22-tiny --repository "$repo" --slots "$slots" 2>&1 \
   | grep --line-buffered -E "t2vserve|Maximum resident|Elapsed|Error|error" | tee -a "$out/export-check.log"
 du -b "$repo"/*/1/model.onnx* 2>/dev/null | tee -a "$out/export-check.log"
