@@ -1,4 +1,8 @@
-"""``make demo``: tiny model -> ONNX -> embedded tritonserver -> one clip over gRPC -> MP4, with timings.
+"""``make demo``: demo model -> ONNX -> embedded tritonserver -> one clip over gRPC -> MP4, with timings.
+
+The demo model is the one the project trained on its shapes world (``t2vserve/data/trained/``) where
+the family ships one, else the tiny random model (``--random`` forces it). The adherence detector's
+reading of the clip is printed next to what the prompt asks for, and a strip of frames is saved as PNG.
 
 Stage timings of the served request come from Triton's own statistics API (per model: time spent
 in compute), so they are the server's numbers, not the client's guess.
@@ -13,10 +17,14 @@ import time
 from pathlib import Path
 
 from .client import GenerationRequest, T2VClient
-from .export import ensure_tiny_model, export_model, quiet_libraries, tiny_dir
+from .export import demo_model_dir, export_model, quiet_libraries
+from .train.fit import TRAIN_LOG
 from .families import DEFAULT_FAMILY, FAMILIES, get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
+from .quality.adherence import matches, read_clip
 from .spec import DENOISER
+from .train.samples import strip
+from .train.world import DEMO_PROMPT, parse_prompt
 from .video import decode_mp4
 
 
@@ -42,24 +50,28 @@ def stage_times(url: str) -> dict[str, tuple[int, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="model family of the tiny demo model")
-    parser.add_argument("--prompt", default="a red panda eating bamboo in a misty forest, cinematic")
+    parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="default outputs/demo.mp4 (unet3d), outputs/demo-<family>.mp4")
     parser.add_argument("--repository", type=Path, default=None, help="default: model_repository/ (unet3d), artifacts/model_repository-<family>")
-    parser.add_argument("--calibration-prompts", type=int, default=None, help="INT8 calibration prompts (default: all)")
-    parser.add_argument("--tiny-dir", type=Path, default=None, help="where the tiny model is (built if absent; default artifacts/tiny-<family>)")
+    # ONNX Runtime's percentile calibration of the trained UNet is slow on the CPU: all 8 prompts took
+    # 758 s on 2 cores, 2 prompts about 3 minutes for the whole export (make quality uses all 8).
+    parser.add_argument("--calibration-prompts", type=int, default=2, help="INT8 calibration prompts (default 2; 0: all)")
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="a diffusers directory to serve (built as the tiny random model if absent)")
+    parser.add_argument("--random", action="store_true", help="the tiny random-weight model even where a trained one ships")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
     quiet_libraries()
-    model_dir = ensure_tiny_model(args.model, args.tiny_dir or tiny_dir(args.model))
+    model_dir = demo_model_dir(args.model, args.random, args.tiny_dir)
+    trained = (model_dir / TRAIN_LOG).exists()
     repository = args.repository or default_repository(args.model)
-    timings.append((f"tiny {args.model} model", time.perf_counter() - start))
+    timings.append((f"{'trained' if trained else 'random'} {args.model} demo model", time.perf_counter() - start))
     start = time.perf_counter()
-    geometry = export_model(model_dir, repository, get_family(args.model).tiny_preset, calibration_prompts=args.calibration_prompts)
+    geometry = export_model(model_dir, repository, get_family(args.model).tiny_preset, calibration_prompts=args.calibration_prompts or None)
     timings.append(("export ONNX (+ INT8 tracks)", time.perf_counter() - start))
     slots = get_family(args.model).slots_of(geometry)
     denoisers = [slot.name for slot in slots if slot.role == DENOISER]
@@ -80,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(result.mp4)
     frames, fps = decode_mp4(result.mp4)
+    from PIL import Image
+
+    png = out.with_suffix(".png")
+    Image.fromarray(strip(result.video, min(8, len(result.video)))).save(png)
 
     print("\nstage                                 seconds")
     for name, seconds in timings:
@@ -89,7 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         if name in served and (served[name][0] or name not in denoisers):  # the tracks that ran
             count, ms = served[name]
             print(f"  {name:<16}{count:6d} x {ms:10.1f} ms")
-    print(f"\nprompt: {args.prompt!r}  seed: {result.seed}")
+    print(f"\nprompt: {args.prompt!r}  seed: {result.seed}  model: {model_dir}")
+    asked = parse_prompt(args.prompt)
+    reading = read_clip(result.video)
+    agree = matches(reading, asked)
+    print("  attribute  prompt      detected")
+    for key in ("colour", "shape", "motion"):
+        mark = "" if asked[key] is None else ("  ok" if agree[key] else "  differs")
+        print(f"  {key:<10} {asked[key] or '-':<11} {getattr(reading, key)}{mark}")
+    if not trained:
+        print("  (random weights: the clip is noise; the detector's reading means nothing)")
+    print(f"wrote {png} (frame strip)")
     print(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps, {len(result.mp4)} bytes")
     return 0
 

@@ -1,6 +1,6 @@
 """Export a diffusers-format model into the model repository: ONNX graphs, tokenizer, geometry.
 
-    python export/export_onnx.py --tiny                 # build the tiny demo model, then export it
+    python export/export_onnx.py --tiny                 # the demo model (trained, shipped; or tiny random)
     python export/export_onnx.py --weights DIR --preset modelscope
 
 Each graph is checked against its torch module with ONNX Runtime on fresh random inputs of a
@@ -44,7 +44,22 @@ def tiny_dir(family: str) -> Path:
     return REPO_ROOT / "artifacts" / f"tiny-{family}"
 
 
-DEFAULT_TINY_DIR = tiny_dir("unet3d")
+#: Demo models the project trained itself (``python -m t2vserve.train``), shipped in diffusers format.
+TRAINED_DIR = Path(__file__).parent / "data" / "trained"
+
+
+def trained_model_dir(family: str) -> Path | None:
+    """The shipped trained demo model of ``family``, or None where the project has none yet."""
+    directory = TRAINED_DIR / family
+    return directory if (directory / "model_index.json").exists() else None
+
+
+def demo_model_dir(family: str, random_weights: bool = False, directory: Path | None = None) -> Path:
+    """The demo model: ``directory`` if given, else the trained one (if shipped and not ``random_weights``),
+    else the tiny random model (built if absent)."""
+    if directory is None and not random_weights:
+        directory = trained_model_dir(family)
+    return ensure_tiny_model(family) if directory is None else ensure_tiny_model(family, directory)
 
 
 def export_slot(slot: Slot, components: Any, geometry: ModelGeometry, path: Path, check: bool = True) -> Path:
@@ -172,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a text-to-video model into the Triton model repository")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", type=Path, help="local diffusers-format directory of the preset's family")
-    source.add_argument("--tiny", action="store_true", help="build (if needed) and export the tiny random demo model")
+    source.add_argument("--tiny", action="store_true", help="export the demo model: the trained one shipped in t2vserve/data/trained/, else the tiny random one")
+    parser.add_argument("--random", action="store_true", help="with --tiny: the tiny random-weight model (plumbing), even where a trained one ships")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: tiny with --tiny, else modelscope; names the family")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--tiny-dir", type=Path, default=None, help="where the tiny model is (default artifacts/tiny-<family>)")
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="a diffusers directory to use as the demo model (built as the tiny random model if absent)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
     parser.add_argument("--int8-recipe", type=Path, default=None, help="precision recipe JSON (default: the project's)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None, help="override the recipe's")
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
     preset = args.preset or ("tiny" if args.tiny else "modelscope")
-    model_dir = ensure_tiny_model(PRESETS[preset].family, args.tiny_dir) if args.tiny else args.weights
+    model_dir = demo_model_dir(PRESETS[preset].family, args.random, args.tiny_dir) if args.tiny else args.weights
     recipe = Recipe.load(args.int8_recipe) if args.int8_recipe else Recipe.load()
     if args.calibration_method:
         recipe = recipe.with_method(args.calibration_method)

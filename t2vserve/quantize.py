@@ -200,7 +200,7 @@ def quantizable_groups(model: onnx.ModelProto, recipe: Recipe) -> dict[str, list
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m t2vserve.quantize sweep``: per-layer-group sensitivity of the INT8 recipe."""
-    from .sensitivity import run_sweep
+    from .quality.sensitivity import run_sweep
 
     parser = argparse.ArgumentParser(description="INT8 UNet quantization tools")
     sub = parser.add_subparsers(dest="command", required=True)

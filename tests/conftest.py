@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from t2vserve.client import T2VClient
-from t2vserve.export import export_model
+from t2vserve.export import export_model, trained_model_dir
 from t2vserve.families import get_family
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
@@ -17,8 +17,11 @@ TEST_CALIBRATION_PROMPTS = 2
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return get_family("unet3d").build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-unet3d")
+def tiny_model_dir() -> Path:
+    """The suite's served model: the tiny unet3d demo model the project trained and ships (read only)."""
+    directory = trained_model_dir("unet3d")
+    assert directory is not None, "the trained demo model t2vserve/data/trained/unet3d is missing"
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -21,3 +21,10 @@ def test_demo_writes_playable_mp4_and_prints_stage_timings(tiny_model_dir, tmp_p
     for stage in ("export ONNX", "start tritonserver", "request over gRPC", "unet_int8", "vae_decoder", "postprocess"):
         assert stage in done.stdout
     assert f"wrote {out}: 6 frames" in done.stdout
+    # the detector's reading of the default prompt's clip, next to what the prompt asks for
+    for row in ("colour     red", "shape      circle", "motion     right"):  # what the prompt asks for
+        assert row in done.stdout
+    assert "colour     red         red  ok" in done.stdout  # colour: 92 % of seen prompts in docs/quality.md
+    assert "random weights" not in done.stdout  # the trained demo model served
+    png = out.with_suffix(".png")
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"

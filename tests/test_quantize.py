@@ -8,9 +8,9 @@ import pytest
 from onnx import numpy_helper
 
 from t2vserve.export import QUANTIZATION_REPORT
-from t2vserve.quality import evaluate, gate_failures, load_quality_set
+from t2vserve.quality.report import evaluate, gate_failures, load_quality_set
 from t2vserve.quantize import DEFAULT_RECIPE, Recipe
-from t2vserve.quality import TRACK_ENTRIES as UNET_TRACKS
+from t2vserve.quality.report import TRACK_ENTRIES as UNET_TRACKS
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,27 @@ def test_weight_sizes_are_reported(repository) -> None:
 
 
 def test_quality_gate_fast_subset(grpc_client, repository) -> None:
-    """One (prompt, seed) of the `make quality` set through the real server, against the same gate."""
-    report = evaluate(grpc_client, load_quality_set(), repository, limit=1)
+    """Two (prompt, seed) cases of the `make quality` set (a seen and a held-out combination) through the
+    real server, against the same gate; the report's PSNR is checked against an independent computation."""
+    from t2vserve.client import GenerationRequest
+
+    quality_set = load_quality_set()
+    seen = next(p for p in quality_set["prompts"] if not p["held_out"])
+    held_out = next(p for p in quality_set["prompts"] if p["held_out"])
+    subset = {**quality_set, "prompts": [seen, held_out], "seeds": quality_set["seeds"][:1]}
+    report = evaluate(grpc_client, subset, repository)
     summary = report["summary"]["int8"]
-    assert report["clips"][0]["psnr_db"] == pytest.approx(summary["mean_psnr_db"])
+    assert len(report["clips"]) == 2 and len(report["readings"]) == 4
+    seed = subset["seeds"][0]
+    for entry, row in zip(subset["prompts"], report["clips"]):
+        ref = grpc_client.generate(GenerationRequest(entry["prompt"], seed=seed, precision="fp16")).video
+        int8 = grpc_client.generate(GenerationRequest(entry["prompt"], seed=seed, precision="int8")).video
+        mse = np.mean((ref.astype(np.float64) - int8.astype(np.float64)) ** 2)
+        assert row["psnr_db"] == pytest.approx(10 * np.log10(255.0**2 / mse), abs=1e-6)
+    assert summary["mean_psnr_db"] == pytest.approx(np.mean([c["psnr_db"] for c in report["clips"]]))
+    for r in report["readings"]:  # adherence rows compare the detector's reading with the prompt's attributes
+        entry = subset["prompts"][0] if r["prompt"] == seen["prompt"] else held_out
+        assert r["match"] == {**{k: r["reading"][k] == entry[k] for k in ("colour", "shape", "motion")},
+                              "all": all(r["reading"][k] == entry[k] for k in ("colour", "shape", "motion"))}
     assert 0.2 < summary["weight_ratio"] < 0.5
     assert gate_failures(report) == [], summary

@@ -197,6 +197,10 @@ class Family:
         """A full-size model of ``preset`` with random weights, saved in diffusers format (benchmarks)."""
         raise NotImplementedError
 
+    def trainer(self, components: Any, device: torch.device) -> Any:
+        """The family's training adapter (VAE loss, latents, text embeddings, denoiser loss): ``t2vserve.train``."""
+        raise NotImplementedError(f"the {self.name} family has no trainer")
+
     def stock_denoiser(self, pipe: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """(sample, timestep [B], text embeddings) -> output, as the family's diffusers pipeline calls its denoiser."""
         raise NotImplementedError

@@ -242,6 +242,11 @@ class UNet3DFamily(Family):
             Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
         )
 
+    def trainer(self, components: Any, device: torch.device) -> Any:
+        from .unet3d_train import UNet3DTrainer
+
+        return UNet3DTrainer(components, device)
+
     def load_tokenizer(self, directory: Path) -> Any:
         from transformers import CLIPTokenizer
 

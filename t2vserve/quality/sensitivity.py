@@ -14,17 +14,17 @@ import numpy as np
 import onnx
 import torch
 
-from .export import DEFAULT_TINY_DIR, export_slot
-from .families import family_of
+from ..export import demo_model_dir, export_slot
+from ..families import family_of
 from .metrics import clip_metrics
-from .onnx_export import onnxruntime_session
-from .params import ResolvedRequest
-from .pipeline import InProcessPipeline, Pipeline
-from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantizable_groups, quantize_unet
-from .spec import DENOISER, NOISE_PRED
+from ..onnx_export import onnxruntime_session
+from ..params import ResolvedRequest
+from ..pipeline import InProcessPipeline, Pipeline
+from ..quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantizable_groups, quantize_unet
+from ..spec import DENOISER, NOISE_PRED
 
 log = logging.getLogger(__name__)
-SWEEP_PROMPTS = ("a red panda eating bamboo in a misty forest, cinematic", "waves crashing on a rocky beach during a storm at night")
+SWEEP_PROMPTS = ("a red circle moving to the left on a black background", "a purple square growing on a white background")
 
 
 class OnnxDenoiserPipeline(Pipeline):
@@ -47,7 +47,7 @@ class OnnxDenoiserPipeline(Pipeline):
 
 def run_sweep(model_dir: Path | None, preset: str, out: Path, work: Path, prompt_limit: int | None) -> int:
     family = family_of(preset)
-    components = family.components(model_dir or DEFAULT_TINY_DIR)
+    components = family.components(model_dir or demo_model_dir(family.name))
     geometry = family.geometry(components, preset)
     int8 = next(slot for slot in family.slots_of(geometry) if slot.quantized_from)
     source = family.slot(int8.quantized_from)

@@ -1,11 +1,13 @@
-"""``make quality``: fidelity of each accelerated UNet track against the full-precision reference.
+"""``make quality``: fidelity and prompt adherence of each precision track, on the trained demo model.
 
-For the fixed prompts and seeds of ``data/quality_set.json``, every clip is generated through the
-served pipeline (a real tritonserver, gRPC) with the reference track and with each variant; the
-report gives PSNR, SSIM (per frame, averaged) and max abs error per clip and on average, plus
-latency and UNet weight bytes, as a markdown table (docs/quality.md) and JSON (docs/quality.json).
-The gate (thresholds in the same file) fails the command when a variant's mean PSNR or mean SSIM
-falls below them.
+For the fixed prompts (shapes-world combinations seen in training and held out of it) and seeds of
+``data/quality_set.json``, every clip is generated through the served pipeline (a real tritonserver,
+gRPC) with the reference track and with each variant. The report gives PSNR, SSIM (per frame,
+averaged) and max abs error against the reference per clip and on average, the adherence detector's
+score of every track (seen and held-out prompts), latency and UNet weight bytes, as markdown
+(docs/quality.md) and JSON (docs/quality.json). The gate (thresholds in the same file) fails the
+command when a variant's mean PSNR or SSIM falls below them or its adherence drops by more than
+the allowed points against the reference.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from .client import GenerationRequest, T2VClient
-from .export import QUANTIZATION_REPORT
+from ..client import GenerationRequest, T2VClient
+from ..export import QUANTIZATION_REPORT
+from .adherence import adherence, matches, read_clip
 from .metrics import clip_metrics
-from .quantize import DATA_DIR, weight_bytes
-from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
-from .families import DEFAULT_FAMILY, get_family
+from ..quantize import DATA_DIR, weight_bytes
+from ..server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
+from ..families import DEFAULT_FAMILY, get_family
 
 #: Precision track -> its (single-expert) denoiser entry, of the default family.
 TRACK_ENTRIES = {track: entries[0] for track, entries in get_family(DEFAULT_FAMILY).tracks().items()}
@@ -47,17 +50,27 @@ def unet_weight_bytes(repository: Path, track: str) -> int:
 def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, limit: int | None = None) -> dict[str, Any]:
     """Run every (prompt, seed) through the reference and each variant; return the report."""
     reference, variants = quality_set["reference"], quality_set["variants"]
+    tracks = [reference, *variants]
     cases = [(p, s) for p in quality_set["prompts"] for s in quality_set["seeds"]][:limit]
     clips: list[dict[str, Any]] = []
-    latency: dict[str, list[float]] = {track: [] for track in [reference, *variants]}
-    for prompt, seed in cases:
+    readings: list[dict[str, Any]] = []
+    latency: dict[str, list[float]] = {track: [] for track in tracks}
+    for entry, seed in cases:
         results = {}
-        for track in [reference, *variants]:
-            result = client.generate(GenerationRequest(prompt, seed=seed, precision=track))
+        for track in tracks:
+            result = client.generate(GenerationRequest(entry["prompt"], seed=seed, precision=track))
             results[track] = result.video
             latency[track].append(result.seconds)
+            reading = read_clip(result.video)
+            readings.append({"track": track, "prompt": entry["prompt"], "seed": seed, "held_out": entry["held_out"],
+                             "reading": reading.as_dict(), "match": matches(reading, entry)})
         for track in variants:
-            clips.append({"variant": track, "prompt": prompt, "seed": seed, **clip_metrics(results[reference], results[track])})
+            clips.append({"variant": track, "prompt": entry["prompt"], "seed": seed, **clip_metrics(results[reference], results[track])})
+    scores = {
+        track: {group: adherence(r["match"] for r in readings if r["track"] == track and r["held_out"] == held)
+                for group, held in (("seen", False), ("held_out", True))}
+        for track in tracks
+    }
     summary = {}
     for track in variants:
         rows = [c for c in clips if c["variant"] == track]
@@ -69,6 +82,7 @@ def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, l
             "latency_ratio": float(np.mean(latency[track]) / np.mean(latency[reference])),
             "weight_bytes": unet_weight_bytes(repository, track),
             "weight_ratio": unet_weight_bytes(repository, track) / unet_weight_bytes(repository, reference),
+            "adherence_drop_points": adherence_drop(scores[reference], scores[track]),
         }
     return {
         "reference": reference,
@@ -76,9 +90,17 @@ def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, l
         "reference_weight_bytes": unet_weight_bytes(repository, reference),
         "reference_weight_bytes_fp16": weight_bytes(repository / TRACK_ENTRIES[reference] / "1" / "model.onnx")["fp16_equivalent"],
         "clips": clips,
+        "readings": readings,
+        "adherence": scores,
         "summary": summary,
         "gate": quality_set["gate"],
     }
+
+
+def adherence_drop(reference: dict[str, dict[str, float]], variant: dict[str, dict[str, float]]) -> float:
+    """Largest drop (percentage points) of the variant's all-attribute adherence vs the reference, seen or held-out."""
+    drops = [100 * (reference[g]["all"] - variant[g]["all"]) for g in reference if not np.isnan(reference[g]["all"])]
+    return float(max(drops)) if drops else 0.0
 
 
 def gate_failures(report: dict[str, Any]) -> list[str]:
@@ -88,16 +110,32 @@ def gate_failures(report: dict[str, Any]) -> list[str]:
             failures.append(f"{track}: mean PSNR {s['mean_psnr_db']:.2f} dB < {gate['min_mean_psnr_db']} dB")
         if s["mean_ssim"] < gate["min_mean_ssim"]:
             failures.append(f"{track}: mean SSIM {s['mean_ssim']:.4f} < {gate['min_mean_ssim']}")
+        if s["adherence_drop_points"] > gate["max_adherence_drop_points"]:
+            failures.append(f"{track}: adherence drops {s['adherence_drop_points']:.1f} points > {gate['max_adherence_drop_points']}")
     return failures
 
 
 def markdown(report: dict[str, Any], command: str) -> str:
     ref = report["reference"]
     lines = [
-        "# UNet precision vs fidelity",
+        "# UNet precision vs fidelity and prompt adherence",
         "",
-        f"Reference track `{ref}` (full precision: FP32 under ONNX Runtime on this CPU runner). Every clip goes",
-        "through the served pipeline (tritonserver, gRPC, same prompt and seed per row). Command: `" + command + "`.",
+        f"Model: the trained shapes demo model (`t2vserve/data/trained/`). Reference track `{ref}` (full precision:",
+        "FP32 under ONNX Runtime on this CPU runner). Every clip goes through the served pipeline (tritonserver,",
+        "gRPC, same prompt and seed per row). Command: `" + command + "`.",
+        "",
+        "Adherence: share of clips whose detected colour / shape / motion (``t2vserve.quality.adherence``) equals",
+        "the prompt's, on combinations seen in training and on held-out ones.",
+        "",
+        "| track | prompts | clips | colour | shape | motion | all three |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for track, groups in report["adherence"].items():
+        for group, a in groups.items():
+            count = sum(1 for r in report["readings"] if r["track"] == track and r["held_out"] == (group == "held_out"))
+            if count:
+                lines.append(f"| {track} | {group.replace('_', '-')} | {count} | {a['colour']:.0%} | {a['shape']:.0%} | {a['motion']:.0%} | {a['all']:.0%} |")
+    lines += [
         "",
         "| variant | prompt | seed | PSNR (dB) | SSIM | max abs error |",
         "|---|---|---|---|---|---|",
@@ -106,19 +144,20 @@ def markdown(report: dict[str, Any], command: str) -> str:
         lines.append(f"| {c['variant']} | {c['prompt']} | {c['seed']} | {c['psnr_db']:.2f} | {c['ssim']:.4f} | {c['max_abs_error']} |")
     lines += [
         "",
-        "| variant | mean PSNR (dB) | mean SSIM | max abs error | latency (s) | latency vs reference | UNet weights (MB) | weights vs reference |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {ref} (reference) | - | - | - | {report['reference_latency_s']:.2f} | 1.00 | "
+        "| variant | mean PSNR (dB) | mean SSIM | max abs error | adherence drop (points) | latency (s) | latency vs reference | UNet weights (MB) | weights vs reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {ref} (reference) | - | - | - | - | {report['reference_latency_s']:.2f} | 1.00 | "
         f"{report['reference_weight_bytes'] / 1e6:.2f} FP32 ({report['reference_weight_bytes_fp16'] / 1e6:.2f} as FP16) | 1.00 |",
     ]
     for track, s in report["summary"].items():
         lines.append(
-            f"| {track} | {s['mean_psnr_db']:.2f} | {s['mean_ssim']:.4f} | {s['max_abs_error']} | {s['mean_latency_s']:.2f} "
+            f"| {track} | {s['mean_psnr_db']:.2f} | {s['mean_ssim']:.4f} | {s['max_abs_error']} | {s['adherence_drop_points']:.1f} | {s['mean_latency_s']:.2f} "
             f"| {s['latency_ratio']:.2f} | {s['weight_bytes'] / 1e6:.2f} | {s['weight_ratio']:.2f} |"
         )
     gate = report["gate"]
     failures = gate_failures(report)
-    lines += ["", f"Gate: mean PSNR >= {gate['min_mean_psnr_db']} dB and mean SSIM >= {gate['min_mean_ssim']}: "
+    lines += ["", f"Gate: mean PSNR >= {gate['min_mean_psnr_db']} dB, mean SSIM >= {gate['min_mean_ssim']} and adherence "
+              f"drop <= {gate['max_adherence_drop_points']} points (all three attributes, seen or held-out): "
               + ("**pass**" if not failures else "**FAIL** (" + "; ".join(failures) + ")")]
     return "\n".join(lines) + "\n"
 
