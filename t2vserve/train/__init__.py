@@ -1,0 +1,1 @@
+"""Training the demo models on the procedural shapes world: ``python -m t2vserve.train``."""

@@ -96,15 +96,17 @@ class _AuxHeads(nn.Module):
         })
         self.labels = {"colour": list(world.COLOURS), "shape": list(world.SHAPES), "motion": list(world.MOTIONS)}
 
-    def loss(self, text: torch.Tensor, attrs: list[world.Attributes], keep: torch.Tensor) -> torch.Tensor:
-        if not bool(keep.any()):
+    def loss(self, text: torch.Tensor, attrs: list[world.Attributes], captioned: list[bool]) -> torch.Tensor:
+        """Cross-entropy of the three heads over the captioned rows (indices built on the host: no device sync)."""
+        rows = [i for i, c in enumerate(captioned) if c]
+        if not rows:
             return text.sum() * 0
-        pooled = text.float().mean(dim=1)[keep]
-        kept = [a for a, k in zip(attrs, keep.tolist()) if k]
+        index = torch.tensor(rows).to(text.device, non_blocking=True)
+        pooled = text.float().mean(dim=1).index_select(0, index)
         total = text.new_zeros((), dtype=torch.float32)
         for name, head in self.heads.items():
-            target = torch.tensor([self.labels[name].index(getattr(a, name)) for a in kept], device=text.device)
-            total = total + nn.functional.cross_entropy(head(pooled), target)
+            labels = torch.tensor([self.labels[name].index(getattr(attrs[i], name)) for i in rows])
+            total = total + nn.functional.cross_entropy(head(pooled), labels.to(text.device, non_blocking=True))
         return total
 
 
@@ -206,14 +208,13 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
             break
         clips, captions, attrs = world.batch(config.batch, rng, config.frames, config.size, dev, config.drop_caption)
         ids = tokens(captions, dev)
-        keep = torch.tensor([bool(c) for c in captions], device=dev)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _schedule(step, _after_warmup(step, config.steps, config.warmup), config.warmup)
         with autocast, attention():
             latents = trainer.encode(clips)
             text = trainer.text_embeddings(ids)
             diffusion = trainer.denoiser_loss(latents, text)
-            aux_loss = aux.loss(text, attrs, keep)
+            aux_loss = aux.loss(text, attrs, [bool(c) for c in captions])
             loss = diffusion + config.aux_weight * aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
