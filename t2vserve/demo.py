@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from .client import GenerationRequest, T2VClient
 from .export import demo_model_dir, export_model, quiet_libraries
 from .train.fit import TRAIN_LOG
@@ -92,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(result.mp4)
     frames, fps = decode_mp4(result.mp4)
-    from PIL import Image
-
     png = out.with_suffix(".png")
     Image.fromarray(strip(result.video, min(8, len(result.video)))).save(png)
 

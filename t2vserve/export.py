@@ -59,7 +59,7 @@ def demo_model_dir(family: str, random_weights: bool = False, directory: Path | 
     else the tiny random model (built if absent)."""
     if directory is None and not random_weights:
         directory = trained_model_dir(family)
-    return ensure_tiny_model(family) if directory is None else ensure_tiny_model(family, directory)
+    return ensure_tiny_model(family, directory)
 
 
 def export_slot(slot: Slot, components: Any, geometry: ModelGeometry, path: Path, check: bool = True) -> Path:

@@ -20,7 +20,6 @@ VAE_KL_WEIGHT = 1e-5
 class UNet3DTrainer:
     """Losses and latents of one unet3d model (components loaded in FP32 on ``device``)."""
 
-    #: component directory -> module trained in that stage.
     def __init__(self, components: Any, device: torch.device) -> None:
         self.vae: nn.Module = components.vae.to(device).train()
         self.text_encoder: nn.Module = components.text_encoder.to(device).train()

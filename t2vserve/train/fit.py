@@ -115,7 +115,7 @@ class _Progress:
 
     def __init__(self, stage: str, total: int, every: int, history: list[dict[str, Any]]) -> None:
         self.stage, self.total, self.every, self.history = stage, total, every, history
-        self.start = self.last = time.perf_counter()
+        self.start = time.perf_counter()
         self.window: list[torch.Tensor] = []
 
     def __call__(self, step: int, loss: torch.Tensor, **extra: torch.Tensor) -> None:

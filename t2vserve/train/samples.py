@@ -6,7 +6,6 @@ t2vserve.train --evaluate``; ``make quality`` measures the same thing through th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,8 @@ from ..families import get_family
 from ..params import ResolvedRequest
 from ..pipeline import InProcessPipeline
 from ..quality.adherence import adherence, matches, read_clip
-from ..quality.report import QUALITY_SET
+from ..quality.report import load_quality_set
 from ..video import encode_mp4
-
-
-def quality_prompts(path: Path = QUALITY_SET) -> tuple[list[dict[str, Any]], list[int]]:
-    """The fixed evaluation prompts (with their attributes) and seeds of ``make quality``."""
-    data = json.loads(Path(path).read_text())
-    return data["prompts"], data["seeds"]
 
 
 def strip(video: np.ndarray, frames: int = 4) -> np.ndarray:
@@ -42,17 +35,18 @@ def evaluate(model_dir: Path, family: str, device: str = "cpu", seeds: list[int]
     components = fam.components(Path(model_dir))
     geometry = fam.geometry(components, fam.tiny_preset)
     pipeline = InProcessPipeline(components, geometry, device)
-    prompts, default_seeds = quality_prompts()
+    quality_set = load_quality_set()
+    seeds = seeds or quality_set["seeds"]
     p = geometry.presets
     rows = []
-    for entry in prompts:
-        for seed in seeds or default_seeds:
+    for entry in quality_set["prompts"]:
+        for seed in seeds:
             request = ResolvedRequest(entry["prompt"], p.negative_prompt, p.steps, p.guidance_scale, seed, p.height, p.width,
                                       p.num_frames, p.fps, precision or geometry.default_precision, p.sampler)
             video = pipeline.generate(request)
             reading = read_clip(video)
             rows.append({**entry, "seed": seed, "reading": reading.as_dict(), "match": matches(reading, entry)})
-            if out_dir is not None and seed == (seeds or default_seeds)[0]:
+            if out_dir is not None and seed == seeds[0]:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 name = entry["prompt"].replace(" ", "_")
                 (out_dir / f"{name}.mp4").write_bytes(encode_mp4(video, p.fps))

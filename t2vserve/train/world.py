@@ -132,9 +132,14 @@ def combinations(held_out: bool | None = None) -> list[tuple[str, str, str]]:
     return every if held_out is None else [combo for combo in every if (combo in HELD_OUT) == held_out]
 
 
+_CHOICES = {held_out: combinations(held_out) for held_out in (False, True)}
+_BACKGROUND_NAMES = list(BACKGROUNDS)
+
+
 def sample_attributes(rng: random.Random, held_out: bool = False) -> Attributes:
-    colour, shape, motion = rng.choice(combinations(held_out))
-    return Attributes(colour, shape, motion, rng.choice(list(BACKGROUNDS)))
+    """A random clip of the training combinations (``held_out``: of the held-out ones)."""
+    colour, shape, motion = rng.choice(_CHOICES[held_out])
+    return Attributes(colour, shape, motion, rng.choice(_BACKGROUND_NAMES))
 
 
 # --------------------------------------------------------------------------------------------------
