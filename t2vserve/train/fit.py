@@ -161,7 +161,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     trainer = family.trainer(family.components(out_dir), dev)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     # The tiny UNet's attention has 8-16 wide heads over 8 frames: batched matmuls beat the flash
-    # kernels there (H100, batch 128: 199 vs 266 ms per training step).
+    # kernels there (H100, batch 128: 199 vs 266 ms per training step, client/gpu_train_profile.py).
     attention = (lambda: sdpa_kernel([SDPBackend.MATH])) if dev.type == "cuda" else contextlib.nullcontext
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
