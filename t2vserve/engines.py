@@ -14,6 +14,9 @@ rebuilds it, and the server's start (``--check``) refuses to serve it, saying ho
     python build/build_engines.py --rebuild            # rebuild every selected slot
     python build/build_engines.py --check              # exit 1 listing stale plans (no build)
     python build/build_engines.py --check -- tritonserver ...   # then exec the command if all are fresh
+
+``--check`` first checks the host (``hostcheck.py``: NVIDIA driver R580+ for the image's CUDA 13, a
+non-empty admin key in the command) and exits ``EXIT_HOST`` saying what to fix.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .families import get_family
 from .families.base import Extent, Slot
+from .hostcheck import admin_key_refusal, driver_status, query_driver
 from .repository import write_repository
 from .spec import GEOMETRY_FILE, ModelGeometry
 
@@ -52,6 +56,7 @@ NGC_TENSORRT = {"24.10": "10.5.0"}
 EXIT_STALE = 1
 EXIT_NO_TENSORRT = 3
 EXIT_FAILED = 4
+EXIT_HOST = 5  # --check: the host cannot serve (driver too old for the image's CUDA, admin key not set)
 
 Log = Callable[[str], None]
 
@@ -522,6 +527,7 @@ def main(
     backend_loader: Callable[[], Backend] = tensorrt_backend,
     exec_command: Callable[[list[str]], None] = lambda cmd: os.execvp(cmd[0], cmd),
     log: Log = _print,
+    driver_query: Callable[[], str | None] = query_driver,
 ) -> int:
     args = parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -529,6 +535,8 @@ def main(
         parser().error("a command to exec is only accepted with --check")
     if args.tensorrt_info:
         return _tensorrt_info(log)
+    if args.check and not _host_ready(command, driver_query, log):
+        return EXIT_HOST
     try:
         if args.export_from is not None:
             export_if_needed(args.repository, args.export_from, args.preset, args.reexport, log)
@@ -551,6 +559,16 @@ def main(
     except EngineError as exc:
         log(f"error: {exc}")
         return EXIT_FAILED
+
+
+def _host_ready(command: Sequence[str], driver_query: Callable[[], str | None], log: Log) -> bool:
+    """The host checks of ``--check`` (hostcheck.py), before TensorRT is even loaded."""
+    refusal = admin_key_refusal(command)
+    driver_ok, driver_message = driver_status(driver_query())
+    log(driver_message)
+    if refusal:
+        log(refusal)
+    return driver_ok and refusal is None
 
 
 def _check(

@@ -63,7 +63,7 @@ def _single(name: str, value: np.ndarray) -> Any:
 def _text(name: str, value: np.ndarray | None, required: bool) -> str:
     if value is None:
         if required:
-            raise ParameterError(name, "is required")
+            raise ParameterError(name, f"is required; allowed 1..{PROMPT_MAX_CHARS} characters")
         return ""
     raw = _single(name, value)
     if isinstance(raw, str):

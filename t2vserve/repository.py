@@ -142,7 +142,14 @@ def _ensemble_scheduling() -> str:
 
 
 def ensemble_inputs() -> list[TensorDef]:
-    return [TensorDef(p.name, p.triton_dtype, (1,), p.optional) for p in PARAMETERS]
+    """The request parameters as inputs of ``t2v`` and ``preprocess``, every one optional to Triton.
+
+    Triton only counts a request's inputs against the required ones: a request without PROMPT but with
+    another parameter passed that check and stalled the ensemble ("unexpected deadlock ... no more
+    ensemble steps"). So every request reaches ``preprocess``, which says which parameter is missing
+    (INVALID_ARG, "PROMPT: is required"); ``spec.PARAMETERS`` keeps which ones a request must give.
+    """
+    return [TensorDef(p.name, p.triton_dtype, (1,), optional=True) for p in PARAMETERS]
 
 
 def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:

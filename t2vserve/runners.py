@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import traceback
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -102,6 +103,30 @@ class TorchRunner:
 SOURCE_FILE = "source.json"
 
 RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner}
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def batch_or_each(
+    requests: Sequence[Request],
+    run_batch: Callable[[Sequence[Request]], list[Response]],
+    run_one: Callable[[Request], Response],
+    warn: Callable[[str], None] = log.warning,
+) -> list[Response]:
+    """Run ``requests`` as one batch; if the batch raises, log why (with the traceback) and run each alone.
+
+    One bad request must not fail its batch neighbours, and the batch's failure must not go unseen: a
+    fault of the batched path itself would otherwise only show as slower, unbatched serving.
+    """
+    if len(requests) > 1:
+        try:
+            return run_batch(requests)
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            warn(f"a batch of {len(requests)} requests failed; retrying them one by one. {trace}")
+    return [run_one(request) for request in requests]
 
 
 def make_runner(kind: str, version_dir: Path, config: dict[str, Any]) -> Runner:

@@ -3,11 +3,18 @@
 On a GPU host the NGC container runs ``tritonserver`` directly (see docker-compose.yml); on a machine
 without Docker the same model repository runs on the binary from the wheel, with the Python backend
 stub matching the running interpreter.
+
+``python -m t2vserve.server`` runs it in the foreground: SIGTERM or SIGINT to the launcher is forwarded
+to tritonserver and waited for, and tritonserver gets SIGTERM should the launcher itself die, so a
+stopped launcher never leaves a server behind. It listens on ``settings.server_host()`` (loopback
+unless ``T2V_SERVER_HOST`` or ``--host`` says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -20,9 +27,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, server_host
+
+__all__ = ["DEFAULT_MODEL_REPOSITORY", "REPO_ROOT", "EmbeddedTritonServer", "free_port", "main", "serve"]
 
 #: Runner names accepted by ``--runner``: the ``configs/<name>.pbtxt`` Triton picks with
 #: ``--model-config-name``; ``tensorrt`` uses each entry's default ``config.pbtxt``.
@@ -59,9 +68,26 @@ def _backend_dir(root: Path) -> Path:
     return backend_dir
 
 
+#: Signals that stop the foreground launcher (forwarded to tritonserver, which shuts down gracefully on both).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return LOOPBACK if host in ("0.0.0.0", "::", "", "localhost") else host
+
+
+def _die_with_parent(parent: int) -> None:
+    """``preexec_fn``: the child gets SIGTERM when ``parent`` (the launcher) dies, even by SIGKILL (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(1)  # no guard, or the launcher is already gone: do not start an orphan
+
+
 @dataclass
 class EmbeddedTritonServer:
-    """A ``tritonserver`` process on localhost; use as a context manager or call start()/stop()."""
+    """A ``tritonserver`` process on this machine; use as a context manager or call start()/stop()."""
 
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     runner: str = "onnxruntime"
@@ -71,16 +97,18 @@ class EmbeddedTritonServer:
     log_path: Path | None = None
     verbose: bool = False
     cuda_memory_pool_mb: int | None = None  # GPU runners exchange clip-sized tensors through this pool
-    process: subprocess.Popen | None = None
+    host: str = field(default_factory=server_host)  # interface of all three ports (settings.server_host)
+    extra_args: tuple[str, ...] = ()  # further tritonserver flags, appended last
+    process: "subprocess.Popen[bytes] | None" = None
     _backend_dir: Path | None = None
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{connect_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{connect_host(self.host)}:{self.grpc_port}"
 
     def command(self) -> list[str]:
         root = _pytriton_root()
@@ -90,8 +118,11 @@ class EmbeddedTritonServer:
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self._backend_dir}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             "--model-control-mode=none",
@@ -107,7 +138,7 @@ class EmbeddedTritonServer:
         config_name = RUNNER_CONFIG_NAMES[self.runner]
         if config_name:
             cmd.append(f"--model-config-name={config_name}")
-        return cmd
+        return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
         root = _pytriton_root()
@@ -121,17 +152,27 @@ class EmbeddedTritonServer:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
         return env
 
-    def start(self, timeout_s: float = 180.0) -> "EmbeddedTritonServer":
+    def launch(
+        self, output: IO[bytes] | int | None = subprocess.DEVNULL, die_with_parent: bool = False
+    ) -> "subprocess.Popen[bytes]":
+        """Start tritonserver in its own process group (no waiting); ``output`` receives its log."""
         if self.runner not in RUNNER_CONFIG_NAMES:
             raise ValueError(f"runner must be one of {sorted(RUNNER_CONFIG_NAMES)}, got {self.runner!r}")
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        linux = sys.platform.startswith("linux")
+        guard = functools.partial(_die_with_parent, os.getpid()) if die_with_parent and linux else None
         self.process = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(), env=self.environment(), stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=guard,
         )
+        return self.process
+
+    def start(self, timeout_s: float = 180.0) -> "EmbeddedTritonServer":
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        process = self.launch(log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+            if process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {process.returncode}; see {self.log_path}")
             if self.ready():
                 return self
             time.sleep(0.5)
@@ -145,11 +186,12 @@ class EmbeddedTritonServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGINT, grace_s: float = 30.0) -> None:
+        """Send ``sig`` to the server's process group, wait ``grace_s``, then SIGKILL what is left."""
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, sig)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
@@ -164,26 +206,55 @@ class EmbeddedTritonServer:
         self.stop()
 
 
+def serve(server: EmbeddedTritonServer) -> int:
+    """Run ``server`` in the foreground until it exits, or until SIGTERM/SIGINT, which it forwards and waits for.
+
+    Returns tritonserver's exit status (0 after a clean shutdown on a signal).
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
+    log = open(server.log_path, "wb") if server.log_path else None
+    try:
+        process = server.launch(log, die_with_parent=True)
+        print(f"tritonserver pid {process.pid}; listening on {server.host}", flush=True)
+        while not received and process.poll() is None:
+            try:
+                process.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        if received:
+            print(f"signal {signal.Signals(received[0]).name}: stopping tritonserver", flush=True)
+            server.stop(received[0])
+        code = process.returncode
+        return code if code >= 0 else 128 - code
+    finally:
+        server.stop()
+        if log is not None:
+            log.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the model repository on the embedded tritonserver")
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--runner", choices=sorted(RUNNER_CONFIG_NAMES), default="onnxruntime")
+    parser.add_argument(
+        "--host", default=None,
+        help=f"interface to listen on (default: ${SERVER_HOST_ENV}, else {LOOPBACK}: this machine only; "
+        "0.0.0.0: every one)",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=None, help="server log file (default: stdout)")
     args = parser.parse_args(argv)
     server = EmbeddedTritonServer(
-        args.model_repository, args.runner, args.http_port, args.grpc_port, args.metrics_port, args.log
+        args.model_repository, args.runner, args.http_port, args.grpc_port, args.metrics_port, args.log,
+        host=args.host or server_host(),
     )
-    cmd = server.command()
-    print(" ".join(cmd), flush=True)
-    try:
-        return subprocess.call(cmd, env=server.environment())
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop()
+    print(" ".join(server.command()), flush=True)
+    return serve(server)
 
 
 if __name__ == "__main__":

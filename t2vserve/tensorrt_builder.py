@@ -198,10 +198,15 @@ def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
 
 
 def _timing_cache(config: trt.IBuilderConfig, path: Path | None, log: Log) -> trt.ITimingCache:
+    """The builder's timing cache: ``path``'s when TensorRT accepts it, else an empty one (rebuilt, never fatal)."""
     blob = path.read_bytes() if path is not None and path.exists() else b""
-    cache = config.create_timing_cache(blob)
-    if not config.set_timing_cache(cache, False):
-        log(f"timing cache {path} is from another GPU or TensorRT version: starting an empty one")
+    try:
+        cache = config.create_timing_cache(blob)
+    except Exception as exc:  # a truncated or corrupt file: TensorRT may refuse to deserialize it at all
+        log(f"timing cache {path} is unreadable ({exc})")
+        cache = None
+    if cache is None or not config.set_timing_cache(cache, False):
+        log(f"timing cache {path} rejected (corrupt, or from another GPU or TensorRT version): starting an empty one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     elif blob:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from t2vserve.client import GenerationRequest, T2VClient
+from t2vserve.runners import batch_or_each
 from t2vserve.server import EmbeddedTritonServer
 
 PROMPTS = ["a cat playing the piano", "a drone shot over snowy mountains", "a chef cooking pasta", "fireworks over a river"]
@@ -58,3 +60,21 @@ def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
     diff = np.abs(onnx_video.astype(int) - torch_video.astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.05
     assert unet_stats(torch_server.grpc_url, "unet")[0] == 10
+
+
+def test_a_failed_batch_is_logged_before_the_one_by_one_retry(caplog) -> None:
+    """The runner model's fallback (triton_models/runner.py passes Triton's logger instead of logging's)."""
+
+    def failing_batch(requests: list[str]) -> list[str]:
+        raise RuntimeError("sizes do not concatenate")
+
+    with caplog.at_level(logging.WARNING, logger="t2vserve.runners"):
+        assert batch_or_each(["a", "b", "c"], failing_batch, str.upper) == ["A", "B", "C"]
+    (record,) = caplog.records
+    assert "batch of 3 requests failed; retrying them one by one" in record.getMessage()
+    assert "Traceback" in record.getMessage() and "RuntimeError: sizes do not concatenate" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="t2vserve.runners"):
+        assert batch_or_each(["a", "b"], lambda requests: ["batched"] * len(requests), str.upper) == ["batched"] * 2
+        assert batch_or_each(["a"], failing_batch, str.upper) == ["A"]  # a single request is not a batch
+    assert caplog.records == []

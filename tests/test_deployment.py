@@ -10,9 +10,13 @@ import shutil
 import subprocess
 
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from t2vserve.engines import NGC_TENSORRT
+from t2vserve.hostcheck import admin_key_refusal
 from t2vserve.server import REPO_ROOT, EmbeddedTritonServer
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -101,10 +105,56 @@ def test_triton_refuses_stale_plans_then_serves(compose) -> None:
         apis, header = value.split(":", 1)
         assert {"model-repository", "shared-memory"} <= set(apis.split(","))
         assert not {"inference", "health", "metadata", "model-config", "statistics"} & set(apis.split(","))
-        assert header == "triton-admin-key=${TRITON_ADMIN_KEY}"
-    assert triton["environment"]["TRITON_ADMIN_KEY"].startswith(
-        "${TRITON_ADMIN_KEY:?"
-    )  # refuses to start without a key
+        assert header == "triton-admin-key=${TRITON_ADMIN_KEY:-}"
+    assert triton["environment"]["TRITON_ADMIN_KEY"] == "${TRITON_ADMIN_KEY:-}"
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation for the forms this file may use: ``${VAR}``, ``${VAR:-default}``, ``$$``."""
+    pattern = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+    out = pattern.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text.replace("$$", "\0"))
+    assert "${" not in out, f"interpolation this test does not model: {out}"
+    return out.replace("\0", "$")
+
+
+def test_unset_admin_key_breaks_only_the_triton_service(compose) -> None:
+    """Compose interpolates the whole file for every command: a required ``${TRITON_ADMIN_KEY:?}`` would stop
+    `docker compose run engines` too. Unset, the key is empty, and triton's --check refuses the command."""
+    assert not re.search(r"\$\{\w+:?\?", COMPOSE_FILE.read_text()), "a required variable breaks every service"
+    _, server = _commands(compose["services"]["triton"])
+    unset = [_interpolate(arg, {}) for arg in server]
+    refusal = admin_key_refusal(unset)
+    assert refusal is not None and "TRITON_ADMIN_KEY" in refusal
+    assert admin_key_refusal([_interpolate(arg, {"TRITON_ADMIN_KEY": "k3y"}) for arg in server]) is None
+    (engines,) = _commands(compose["services"]["engines"])
+    assert all("TRITON_ADMIN_KEY" not in arg for arg in engines)
+
+
+@pytest.mark.server
+def test_readme_admin_headers_unlock_the_restricted_apis(compose, tmp_path) -> None:
+    """The compose service's restricted-API flags on the real tritonserver (no models): the headers the
+    README names unlock the model-repository API over HTTP and gRPC; without them it is refused."""
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    stated = {p: re.search(rf"`([\w-]+): \$TRITON_ADMIN_KEY` over {p}", readme) for p in ("HTTP", "gRPC")}
+    assert all(stated.values()), "README.md (GPU host) names no admin header for HTTP or gRPC"
+    headers = {protocol: match.group(1) for protocol, match in stated.items()}
+    key = "k3y-0f-test"
+    _, server = _commands(compose["services"]["triton"])
+    restricted = tuple(_interpolate(arg, {"TRITON_ADMIN_KEY": key}) for arg in server if "restricted" in arg)
+    (tmp_path / "models").mkdir()
+    with EmbeddedTritonServer(tmp_path / "models", extra_args=restricted, log_path=tmp_path / "log") as triton:
+        for module, url, header in (
+            (httpclient, triton.http_url, headers["HTTP"]),
+            (grpcclient, triton.grpc_url, headers["gRPC"]),
+        ):
+            client = module.InferenceServerClient(url)
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.get_model_repository_index()
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.get_model_repository_index(headers={header: "wrong"})
+            client.get_model_repository_index(headers={header: key})  # unlocked
+            assert client.is_server_ready()  # open without a header
+            client.close()
 
 
 def test_triton_shares_the_embedded_servers_settings(compose) -> None:
@@ -194,9 +244,11 @@ def test_docker_compose_config_validates() -> None:
     resolved = json.loads(result.stdout)
     assert set(resolved["services"]) == {"engines", "triton", "perf"}
     assert "triton-admin-key=test-key" in " ".join(resolved["services"]["triton"]["command"])
-    env.pop("TRITON_ADMIN_KEY")
-    result = subprocess.run(cli + ["config", "-q"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    assert result.returncode != 0 and "TRITON_ADMIN_KEY" in result.stderr
+    env.pop("TRITON_ADMIN_KEY")  # unset: compose (so `run engines`) works, triton's --check refuses the empty key
+    config = cli + ["config", "--format", "json"]
+    result = subprocess.run(config, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert admin_key_refusal(json.loads(result.stdout)["services"]["triton"]["command"]) is not None
 
 
 def test_service_commands_appear_verbatim_in_the_readme(compose) -> None:

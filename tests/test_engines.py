@@ -329,7 +329,9 @@ def test_refusal_message_names_plans_reasons_and_rebuild(repo) -> None:
 # --------------------------------------------------------------------------------------------------
 # build/build_engines.py (engines.main) with injected backend and exec
 # --------------------------------------------------------------------------------------------------
-def _main(repo: Path, *argv: str, backend: FakeBackend | None = None, unavailable: bool = False):
+def _main(
+    repo: Path, *argv: str, backend: FakeBackend | None = None, unavailable: bool = False, driver: str | None = "580.65.06"
+):
     lines: list[str] = []
     execs: list[list[str]] = []
 
@@ -339,7 +341,11 @@ def _main(repo: Path, *argv: str, backend: FakeBackend | None = None, unavailabl
         return backend or FakeBackend()
 
     code = engines.main(
-        ["--repository", str(repo), "--timing-cache", str(repo / "t.cache"), *argv], loader, execs.append, lines.append
+        ["--repository", str(repo), "--timing-cache", str(repo / "t.cache"), *argv],
+        loader,
+        execs.append,
+        lines.append,
+        driver_query=lambda: driver,
     )
     return code, "\n".join(lines), execs
 
@@ -366,6 +372,21 @@ def test_cli_check_execs_the_server_only_when_fresh(repo) -> None:
     )
     assert code == engines.EXIT_STALE and execs == []
     assert "built for GPU NVIDIA A100-SXM4-80GB sm_80, this is NVIDIA L4 sm_89" in out and "--rebuild" in out
+
+
+def test_cli_check_refuses_an_old_driver_or_an_empty_admin_key_first(repo) -> None:
+    """Before TensorRT is loaded or the plans are read: fresh plans do not let such a host serve."""
+    _built(repo)
+    serve = ["--check", "--", "tritonserver", "--grpc-restricted-protocol=model-repository:triton-admin-key=k"]
+    code, out, execs = _main(repo, *serve, driver="550.54.15\n580.65.06\n", unavailable=True)
+    assert code == engines.EXIT_HOST and execs == [] and "NVIDIA driver 550.54.15 is too old" in out and "R580" in out
+    empty_key = "--http-restricted-api=model-repository:triton-admin-key="
+    code, out, execs = _main(repo, *serve[:-1], empty_key, unavailable=True)
+    assert code == engines.EXIT_HOST and execs == [] and "TRITON_ADMIN_KEY is not set" in out
+    code, out, execs = _main(repo, *serve, driver=None)  # no nvidia-smi: not judged, the plans decide
+    assert code == 0 and len(execs) == 1 and "not checked" in out
+    code, out, execs = _main(repo, *serve)
+    assert code == 0 and execs == [serve[2:]] and "NVIDIA driver 580.65.06: runs CUDA 13" in out
 
 
 def test_cli_without_tensorrt(repo) -> None:

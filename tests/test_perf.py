@@ -56,7 +56,7 @@ def test_input_data_uses_ensemble_inputs_with_their_types() -> None:
     data = perf.input_data("fp16", STEPS=10, GUIDANCE_SCALE=7.5)["data"]
     assert len(data) == len(perf.PROMPTS) and len({entry["SEED"][0] for entry in data}) == len(data)
     names = {t.name for t in ensemble_inputs()}
-    required = {t.name for t in ensemble_inputs() if not t.optional}
+    required = {p.name for p in PARAMETERS if not p.optional}
     for entry in data:
         assert set(entry) <= names and required <= set(entry)
         assert entry["PRECISION"] == ["fp16"] and entry["STEPS"] == [10] and entry["GUIDANCE_SCALE"] == [7.5]

@@ -18,6 +18,7 @@ from t2vserve.repository import (
     write_repository,
 )
 from t2vserve.server import DEFAULT_MODEL_REPOSITORY
+from t2vserve.spec import PARAMETERS
 
 
 def test_committed_configs_equal_generated() -> None:
@@ -62,6 +63,16 @@ def test_ensemble_tensors_are_produced_before_use() -> None:
 
 def _optional(name: str) -> bool:
     return any(t.name == name and t.optional for t in ensemble_inputs())
+
+
+def test_every_request_parameter_reaches_preprocess() -> None:
+    """Triton checks only how many required inputs a request has: a required PROMPT let a request without
+    it (but with STEPS) stall the ensemble. All inputs are optional to Triton; preprocess names what is missing."""
+    files = render_repository()
+    for entry in ("t2v", "preprocess"):
+        inputs = re.search(r"input \[(.*?)\]\n", files[f"{entry}/config.pbtxt"], re.S).group(1).strip().splitlines()
+        assert len(inputs) == len(PARAMETERS) and all("optional: true" in line for line in inputs), entry
+    assert [p.name for p in PARAMETERS if not p.optional] == ["PROMPT"]  # tests/test_server.py: refused by preprocess
 
 
 def test_engine_configs_match_exported_onnx(repository, geometry) -> None:

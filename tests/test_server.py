@@ -129,6 +129,18 @@ def test_invalid_parameters_get_invalid_arg_and_server_keeps_serving(client, geo
     assert client.generate(GenerationRequest(PROMPT, steps=1, seed=0)).video.shape[0] == PRESETS[geometry.preset].num_frames
 
 
+def test_request_without_prompt_is_refused_naming_it(client, geometry) -> None:
+    """Triton counts required inputs only: without PROMPT but with STEPS the ensemble used to stall
+    ("unexpected deadlock"). Every input is optional to Triton; preprocess says PROMPT is required."""
+    for request in (GenerationRequest(None, steps=1, seed=0), GenerationRequest(None)):  # type: ignore[arg-type]
+        with pytest.raises(InferenceServerException) as info:
+            client.generate(request)
+        assert str(info.value.status()) in ("StatusCode.INVALID_ARGUMENT", "400"), info.value.message()
+        assert "PROMPT: is required" in info.value.message() and "deadlock" not in info.value.message()
+    frames = PRESETS[geometry.preset].num_frames
+    assert client.generate(GenerationRequest(PROMPT, steps=1, seed=0)).video.shape[0] == frames
+
+
 def test_both_unet_tracks_through_the_server(client, server) -> None:
     """PRECISION routes the scheduler's BLS calls: int8 (default) and fp16 are different UNet entries."""
     import tritonclient.grpc as grpcclient

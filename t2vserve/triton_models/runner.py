@@ -12,7 +12,7 @@ import os
 import torch
 import triton_python_backend_utils as pb_utils
 
-from ..runners import make_runner
+from ..runners import batch_or_each, make_runner
 from .common import config_parameter, error_response, from_torch, model_config, to_torch, version_dir
 
 
@@ -39,19 +39,16 @@ class TritonPythonModel:
         return inputs
 
     def execute(self, requests: list) -> list:
-        if self.batched and len(requests) > 1:
-            try:
-                return self._execute_batch(requests)
-            except Exception:  # a bad request must not fail its batch neighbours: fall back to one by one
-                pass
-        responses = []
-        for request in requests:
-            try:
-                outputs = self.runner.run(self._inputs(request))
-                responses.append(pb_utils.InferenceResponse([from_torch(name, outputs[name]) for name in self.output_names]))
-            except Exception as exc:
-                responses.append(error_response(exc))
-        return responses
+        if self.batched:  # a failed batch is logged to the server log, then run one by one
+            return batch_or_each(requests, self._execute_batch, self._execute_one, pb_utils.Logger.log_warn)
+        return [self._execute_one(request) for request in requests]
+
+    def _execute_one(self, request) -> "pb_utils.InferenceResponse":
+        try:
+            outputs = self.runner.run(self._inputs(request))
+            return pb_utils.InferenceResponse([from_torch(name, outputs[name]) for name in self.output_names])
+        except Exception as exc:
+            return error_response(exc)
 
     def _execute_batch(self, requests: list) -> list:
         per_request = [self._inputs(request) for request in requests]

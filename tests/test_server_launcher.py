@@ -1,0 +1,154 @@
+"""``python -m t2vserve.server``: listens on loopback by default and never leaves tritonserver behind.
+
+A real launcher process serves a one-model repository (the Python-backend ``postprocess`` entry, so a
+backend stub process is part of the server's process group too).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from t2vserve.repository import render_repository
+from t2vserve.server import EmbeddedTritonServer, free_port
+from t2vserve.settings import LOOPBACK, SERVER_HOST_ENV
+
+READY_TIMEOUT_S = 120
+
+
+def _one_model_repository(root: Path) -> Path:
+    for rel, text in render_repository().items():
+        if rel.startswith("postprocess/"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+    return root
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        found[int(stat.parent.name)] = (state, int(ppid), int(pgrp))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, (_, ppid, _) in _processes().items() if ppid == pid]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid``, or any process of the group it leads (its backend stubs), still runs."""
+    return any(state != "Z" and pid in (p, pgrp) for p, (state, _, pgrp) in _processes().items())
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a listening TCP socket on ``port``, from /proc/net/tcp and tcp6 (gRPC binds
+    IPv4-mapped IPv6 sockets): ``::`` counts as ``0.0.0.0``, ``::ffff:a.b.c.d`` as ``a.b.c.d``."""
+    addresses = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            raw = bytes.fromhex(address_hex)  # 32-bit words in host (little-endian) order
+            address = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+            if isinstance(address, ipaddress.IPv6Address):
+                address = address.ipv4_mapped or (ipaddress.IPv4Address(0) if address.is_unspecified else address)
+            addresses.add(str(address))
+    return addresses
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/v2/health/ready", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "sig,host", [(signal.SIGTERM, None), (signal.SIGKILL, "0.0.0.0")], ids=["SIGTERM-loopback", "SIGKILL-host-flag"]
+)
+def test_stopped_launcher_leaves_no_tritonserver(tmp_path, sig, host) -> None:
+    """SIGTERM is forwarded and waited for; even a SIGKILLed launcher takes tritonserver with it."""
+    repository = _one_model_repository(tmp_path / "repo")
+    ports = [free_port() for _ in range(3)]
+    env = {k: v for k, v in os.environ.items() if k != SERVER_HOST_ENV}
+    command = [sys.executable, "-m", "t2vserve.server", "--model-repository", str(repository)]
+    command += ["--log", str(tmp_path / "log")]
+    command += [f"--{kind}-port={port}" for kind, port in zip(("http", "grpc", "metrics"), ports)]
+    command += ["--host", host] if host else []
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, backend_dir = 0, None
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _ready(ports[0]):
+            assert launcher.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-2000:]
+            time.sleep(0.2)
+        (server,) = _children(launcher.pid)
+        argv = Path(f"/proc/{server}/cmdline").read_bytes().decode().split("\0")
+        assert Path(argv[0]).name == "tritonserver"
+        backend_dir = next(a.split("=", 1)[1] for a in argv if a.startswith("--backend-directory="))
+        listening = [_listen_addresses(port) for port in ports]
+        assert listening == [{host or LOOPBACK}] * 3, listening
+
+        launcher.send_signal(sig)
+        code = launcher.wait(timeout=60)
+        if sig == signal.SIGTERM:
+            assert code == 0  # tritonserver shut down cleanly before the launcher returned
+            assert not _alive(server), "the launcher returned before tritonserver (or its stub) was gone"
+        deadline = time.monotonic() + 30  # SIGKILL: the kernel sent tritonserver SIGTERM; allow its exit timeout
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server), "tritonserver (or its backend stub) outlived the launcher"
+        assert not any(_port_open(port) for port in ports)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in [server] if server else _children(launcher.pid):
+            for kill in (os.killpg, os.kill):  # the group (stubs included), or the process alone
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if backend_dir and sig == signal.SIGKILL:  # the launcher had no chance to remove it
+            shutil.rmtree(backend_dir, ignore_errors=True)
+
+
+def test_listens_on_loopback_unless_told_otherwise(monkeypatch) -> None:
+    def addresses(server: EmbeddedTritonServer) -> set[str]:
+        try:
+            flags = server.command()
+        finally:
+            server.stop()
+        return {f.split("=", 1)[1] for f in flags if f.split("=", 1)[0].endswith("-address")}
+
+    monkeypatch.delenv(SERVER_HOST_ENV, raising=False)
+    assert addresses(EmbeddedTritonServer()) == {LOOPBACK}
+    assert EmbeddedTritonServer().grpc_url.startswith(f"{LOOPBACK}:")
+    monkeypatch.setenv(SERVER_HOST_ENV, "0.0.0.0")
+    server = EmbeddedTritonServer()
+    assert addresses(server) == {"0.0.0.0"} and server.http_url.startswith(f"{LOOPBACK}:")
+    assert addresses(EmbeddedTritonServer(host="10.1.2.3")) == {"10.1.2.3"}
