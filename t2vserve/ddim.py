@@ -16,6 +16,18 @@ SUPPORTED_SPACINGS = ("leading", "trailing", "linspace")
 SUPPORTED_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
+def zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas rescaled so the last timestep is pure noise (Lin et al. 2024, "Common Diffusion Noise
+    Schedules and Sample Steps Are Flawed"): sqrt(alpha_bar) is shifted to end at 0 and scaled to keep
+    its first value. Without it the model learns to read the coarse layout from the noise it is given.
+    """
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    alpha_bar = ((root - last) * (first / (first - last))) ** 2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
+
+
 class DDIM:
     """Deterministic DDIM sampler. ``step`` maps x_t to x_{t-1} for one timestep of a trajectory."""
 
@@ -36,8 +48,8 @@ class DDIM:
             "trained_betas": None,
         }
         cfg.update({k: v for k, v in config.items() if k in cfg})
-        if cfg["thresholding"] or cfg["rescale_betas_zero_snr"] or cfg["trained_betas"] is not None:
-            raise NotImplementedError("DDIM: thresholding, rescale_betas_zero_snr and trained_betas are not supported")
+        if cfg["thresholding"] or cfg["trained_betas"] is not None:
+            raise NotImplementedError("DDIM: thresholding and trained_betas are not supported")
         if cfg["timestep_spacing"] not in SUPPORTED_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SUPPORTED_SPACINGS}")
         if cfg["prediction_type"] not in SUPPORTED_PREDICTIONS:
@@ -54,6 +66,8 @@ class DDIM:
             betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
         else:
             raise ValueError(f"unsupported beta_schedule {schedule!r}")
+        if cfg["rescale_betas_zero_snr"]:
+            betas = zero_terminal_snr(betas)
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.final_alpha_cumprod = torch.tensor(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
 

@@ -103,7 +103,10 @@ class CalibrationSet:
 
 
 def capture_calibration(pipeline: Any, recipe: Recipe, geometry: Any, prompt_limit: int | None = None) -> CalibrationSet:
-    """Run full sampler trajectories in-process and record every denoiser call's (latents, timestep, K/V)."""
+    """Run full sampler trajectories in-process and record every denoiser call's (latents, timestep, K/V).
+
+    Steps and guidance scale: the recipe's, else the preset's (what the server runs by default).
+    """
     from .params import ResolvedRequest
 
     cal, preset = recipe.calibration, geometry.presets
@@ -114,7 +117,7 @@ def capture_calibration(pipeline: Any, recipe: Recipe, geometry: Any, prompt_lim
 
     for index, prompt in enumerate(recipe.calibration_prompts(prompt_limit)):
         request = ResolvedRequest(
-            prompt, "", int(cal["steps"]), float(cal["guidance_scale"]), int(cal["seed"]) + index,
+            prompt, "", int(cal.get("steps", preset.steps)), float(cal.get("guidance_scale", preset.guidance_scale)), int(cal["seed"]) + index,
             preset.height, preset.width, preset.num_frames, preset.fps, geometry.default_precision, preset.sampler,
         )
         pipeline.generate(request, observer=record)

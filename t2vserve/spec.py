@@ -105,7 +105,7 @@ WAN_NEGATIVE_PROMPT = (
 #: demo/test models; ``modelscope`` matches ModelScope text-to-video-ms / ZeroScope v2 576w weights;
 #: ``wan22-480p`` / ``wan22-720p`` Wan2.2 TI2V-5B or T2V-A14B (frames 4k+1, 24 fps, 50 steps, CFG 5).
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", "unet3d", 64, 64, 8, 8, 10, 7.5, (32, 128), (32, 128), (1, 16)),
+    "tiny": Preset("tiny", "unet3d", 64, 64, 8, 8, 10, 3.0, (32, 128), (32, 128), (1, 16)),
     "modelscope": Preset("modelscope", "unet3d", 320, 576, 24, 8, 25, 9.0, (256, 576), (256, 1024), (8, 32)),
     "wan22-tiny": Preset("wan22-tiny", "wan22", 64, 64, 9, 24, 10, 5.0, (32, 128), (32, 128), (1, 17), "unipc", WAN_NEGATIVE_PROMPT),
     "wan22-480p": Preset("wan22-480p", "wan22", 480, 832, 81, 24, 50, 5.0, (256, 736), (256, 1280), (5, 121), "unipc", WAN_NEGATIVE_PROMPT),

@@ -16,6 +16,7 @@ CONFIGS = {
     "sample_prediction": {"prediction_type": "sample"},
     "clip_linear_alpha_one": {"clip_sample": True, "beta_schedule": "linear", "set_alpha_to_one": True, "steps_offset": 0},
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+    "zero_snr_v_trailing": {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
 }
 
 

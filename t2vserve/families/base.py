@@ -197,6 +197,10 @@ class Family:
         """A full-size model of ``preset`` with random weights, saved in diffusers format (benchmarks)."""
         raise NotImplementedError
 
+    def training_variant(self) -> dict[str, Any]:
+        """``build_tiny_model`` keyword arguments of a model that is going to be trained (e.g. its schedule)."""
+        return {}
+
     def trainer(self, components: Any, device: torch.device) -> Any:
         """The family's training adapter (VAE loss, latents, text embeddings, denoiser loss): ``t2vserve.train``."""
         raise NotImplementedError(f"the {self.name} family has no trainer")

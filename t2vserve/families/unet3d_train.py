@@ -1,8 +1,8 @@
-"""Training the unet3d family's tiny model: frame-wise AutoencoderKL, CLIP text encoder, UNet3D (epsilon).
+"""Training the unet3d family's tiny model: frame-wise AutoencoderKL, CLIP text encoder, UNet3D (the scheduler's prediction type).
 
 ``t2vserve.train`` drives the loop; this adapter owns what is specific to the family: how clips
 become latents (each frame through the 2D VAE, scaled by ``scaling_factor``), how the UNet is called
-with text embeddings, and the DDPM noising of the scheduler the server's DDIM samples with.
+with text embeddings, and the noising and prediction target of the schedule the server's DDIM samples with.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: KL weight of the VAE objective (latents stay close to a unit Gaussian without blurring the shapes).
-VAE_KL_WEIGHT = 1e-5
+from ..ddim import DDIM
+from ..train.losses import autoencoder_loss
 
 
 class UNet3DTrainer:
@@ -25,10 +25,12 @@ class UNet3DTrainer:
         self.text_encoder: nn.Module = components.text_encoder.to(device).train()
         self.denoiser: nn.Module = components.unet.to(device).train()
         self.tokenizer = components.tokenizer
-        config = components.scheduler_config
-        betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, config["num_train_timesteps"], dtype=torch.float64) ** 2
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float().to(device)
-        self.num_train_timesteps = int(config["num_train_timesteps"])
+        schedule = DDIM(components.scheduler_config)  # the server's sampler: one definition of the noise schedule
+        self.alphas_cumprod = schedule.alphas_cumprod.to(device)
+        self.num_train_timesteps = schedule.num_train_timesteps
+        self.prediction_type = schedule.config["prediction_type"]
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"training supports epsilon and v_prediction, not {self.prediction_type!r}")
         self.device = device
 
     @property
@@ -41,13 +43,8 @@ class UNet3DTrainer:
     def _frames(clips: torch.Tensor) -> torch.Tensor:
         return clips.flatten(0, 1)  # [B, F, 3, H, W] -> [B*F, 3, H, W]
 
-    def vae_loss(self, clips: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        frames = self._frames(clips)
-        posterior = self.vae.encode(frames).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
-        mse = F.mse_loss(recon, frames)
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        return mse + F.l1_loss(recon, frames) + VAE_KL_WEIGHT * kl, {"mse": mse.detach(), "kl": kl.detach()}
+    def vae_loss(self, clips: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return autoencoder_loss(self.vae, self._frames(clips))
 
     @torch.no_grad()
     def fit_latent_scale(self, clips: torch.Tensor) -> float:
@@ -68,14 +65,13 @@ class UNet3DTrainer:
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids, return_dict=False)[0]
 
-    def denoiser_loss(self, latents: torch.Tensor, text: torch.Tensor, offset_noise: float = 0.1) -> torch.Tensor:
-        """Epsilon-prediction MSE at uniform random timesteps (with a little offset noise for flat colours)."""
+    def denoiser_loss(self, latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """MSE of the scheduler's prediction type (epsilon or v) at uniform random timesteps."""
         batch = latents.shape[0]
         noise = torch.randn_like(latents)
-        if offset_noise:
-            noise = noise + offset_noise * torch.randn(batch, latents.shape[1], 1, 1, 1, device=latents.device)
         t = torch.randint(0, self.num_train_timesteps, (batch,), device=latents.device)
         alpha = self.alphas_cumprod[t].view(batch, 1, 1, 1, 1)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+        target = noise if self.prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
         prediction = self.denoiser(noisy, t, encoder_hidden_states=text, return_dict=False)[0]
-        return F.mse_loss(prediction.float(), noise)
+        return F.mse_loss(prediction.float(), target)

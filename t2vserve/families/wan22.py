@@ -115,6 +115,11 @@ class Wan22Family(Family):
             scheduler_config=components.scheduler_config,
         )
 
+    def trainer(self, components: Any, device: torch.device) -> Any:
+        from .wan22_train import Wan22Trainer
+
+        return Wan22Trainer(components, device)
+
     def clean_prompt(self, text: str) -> str:
         return modules.clean_prompt(text)
 

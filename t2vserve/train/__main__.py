@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU test of the path)")
     parser.add_argument("--evaluate", action="store_true", help="after training: adherence on the quality prompts, sample MP4s")
     parser.add_argument("--eval-seeds", type=int, nargs="*", default=None)
+    parser.add_argument("--eval-guidance", type=float, nargs="*", default=[],
+                        help="also evaluate at these guidance scales (summaries under guidance_sweep)")
     for f in fields(TrainConfig):
         if f.name != "family":
             flag = "--" + f.name.replace("_", "-")
@@ -47,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         start = time.perf_counter()
         report = evaluate(args.out, args.family, args.device, args.eval_seeds, args.out.parent / f"samples-{args.family}")
+        report["guidance_sweep"] = [{k: v for k, v in evaluate(args.out, args.family, args.device, args.eval_seeds,
+                                                             guidance_scale=g).items() if k != "clips"} for g in args.eval_guidance]
         report["seconds"] = time.perf_counter() - start
         (args.out.parent / f"adherence-{args.family}.json").write_text(json.dumps(report, indent=1) + "\n")
-        for group, values in report["summary"].items():
-            print(f"adherence {group}: " + ", ".join(f"{k} {v:.0%}" for k, v in values.items()))
+        for run in [report, *report["guidance_sweep"]]:
+            for group, values in run["summary"].items():
+                print(f"adherence {group} (guidance {run['guidance_scale']}): " + ", ".join(f"{k} {v:.0%}" for k, v in values.items()))
     print(f"final loss {summary['final_loss']:.5f} after {summary['steps']} steps in {summary['seconds']:.0f} s")
     return 0
 

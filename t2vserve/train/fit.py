@@ -1,6 +1,7 @@
 """Train a family's tiny model on the shapes world: the VAE first, then the text encoder and denoiser together.
 
-Stage 1 fits the VAE to single frames and sets its ``scaling_factor`` from the latents' spread.
+Stage 1 fits the VAE (to frames or whole clips, as the family's adapter says) and sets its latent scale
+from the latents' spread.
 Stage 2 trains the text encoder and the denoiser jointly on the frozen VAE's latents, with 10 %
 of captions dropped (the empty prompt is the server's default negative prompt, so classifier-free
 guidance works) and small auxiliary heads that predict colour, shape and motion from the pooled
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..families import get_family
+from ..spec import PRESETS
 from . import world
 
 log = logging.getLogger("t2vserve.train")
@@ -39,12 +41,12 @@ class TrainConfig:
 
     family: str = "unet3d"
     seed: int = 0
-    frames: int = 8
+    frames: int = 0  # 0: the family's tiny preset's (unet3d 8, wan22 9)
     size: int = 64
     vae_steps: int = 1000
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    steps: int = 2400
+    steps: int = 3000
     batch: int = 64
     lr: float = 8e-4
     warmup: int = 300
@@ -157,11 +159,13 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     out_dir = Path(out_dir)
-    family.build_tiny_model(out_dir, seed=config.seed)  # architecture, tokenizer, scheduler; weights from here on
+    family.build_tiny_model(out_dir, seed=config.seed, **family.training_variant())  # architecture, tokenizer, scheduler; weights from here on
     trainer = family.trainer(family.components(out_dir), dev)
+    frames = config.frames or PRESETS[family.tiny_preset].num_frames
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     # The tiny UNet's attention has 8-16 wide heads over 8 frames: batched matmuls beat the flash
-    # kernels there (H100, batch 128: 199 vs 266 ms per training step, client/gpu_train_profile.py).
+    # kernels there (H100, one full step of batch 64: 132 vs 176 ms; bf16 autocast and FP32/TF32 take
+    # the same time: client/gpu_train_profile.py).
     attention = (lambda: sdpa_kernel([SDPBackend.MATH])) if dev.type == "cuda" else contextlib.nullcontext
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -172,7 +176,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     progress = _Progress("vae", config.vae_steps, config.log_every, history)
     vae_steps = 0
     for step in range(config.vae_steps):
-        clips, _, _ = world.batch(config.vae_batch, rng, config.frames, config.size, dev)
+        clips, _, _ = world.batch(config.vae_batch, rng, frames, config.size, dev)
         for group in optimizer.param_groups:
             group["lr"] = config.vae_lr * _schedule(step, _after_warmup(step, config.vae_steps, config.warmup), config.warmup)
         with autocast:
@@ -187,7 +191,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
             log.warning("vae stage stopped at step %d: time budget", vae_steps)
             break
     trainer.vae.eval().requires_grad_(False)
-    clips, _, _ = world.batch(64, rng, config.frames, config.size, dev)
+    clips, _, _ = world.batch(64, rng, frames, config.size, dev)
     scale = trainer.fit_latent_scale(clips)
     log.info("VAE scaling_factor %.5f", scale)
     vae_seconds = time.perf_counter() - started
@@ -206,7 +210,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
         if budget and time.perf_counter() - started > budget:
             log.warning("denoiser stage stopped after %d of %d steps: time budget", steps, config.steps)
             break
-        clips, captions, attrs = world.batch(config.batch, rng, config.frames, config.size, dev, config.drop_caption)
+        clips, captions, attrs = world.batch(config.batch, rng, frames, config.size, dev, config.drop_caption)
         ids = tokens(captions, dev)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _schedule(step, _after_warmup(step, config.steps, config.warmup), config.warmup)

@@ -29,8 +29,11 @@ def strip(video: np.ndarray, frames: int = 4) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model_dir: Path, family: str, device: str = "cpu", seeds: list[int] | None = None,
-             out_dir: Path | None = None, precision: str | None = None) -> dict[str, Any]:
-    """Adherence of ``model_dir`` on the quality prompts (seen and held-out), in-process with torch modules."""
+             out_dir: Path | None = None, precision: str | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
+    """Adherence of ``model_dir`` on the quality prompts (seen and held-out), in-process with torch modules.
+
+    ``guidance_scale`` None: the tiny preset's.
+    """
     fam = get_family(family)
     components = fam.components(Path(model_dir))
     geometry = fam.geometry(components, fam.tiny_preset)
@@ -41,7 +44,7 @@ def evaluate(model_dir: Path, family: str, device: str = "cpu", seeds: list[int]
     rows = []
     for entry in quality_set["prompts"]:
         for seed in seeds:
-            request = ResolvedRequest(entry["prompt"], p.negative_prompt, p.steps, p.guidance_scale, seed, p.height, p.width,
+            request = ResolvedRequest(entry["prompt"], p.negative_prompt, p.steps, guidance_scale or p.guidance_scale, seed, p.height, p.width,
                                       p.num_frames, p.fps, precision or geometry.default_precision, p.sampler)
             video = pipeline.generate(request)
             reading = read_clip(video)
@@ -51,4 +54,4 @@ def evaluate(model_dir: Path, family: str, device: str = "cpu", seeds: list[int]
                 name = entry["prompt"].replace(" ", "_")
                 (out_dir / f"{name}.mp4").write_bytes(encode_mp4(video, p.fps))
     summary = {group: adherence(r["match"] for r in rows if r["held_out"] == held) for group, held in (("seen", False), ("held_out", True))}
-    return {"summary": summary, "clips": rows}
+    return {"guidance_scale": guidance_scale or p.guidance_scale, "summary": summary, "clips": rows}
