@@ -36,6 +36,7 @@ class Wan22Trainer:
         self.shift = float(config.get("flow_shift", 1.0))
         self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
         self.device = device
+        self._latent_stats = self._stats()
 
     @property
     def saved(self) -> dict[str, nn.Module]:
@@ -51,6 +52,7 @@ class Wan22Trainer:
         return autoencoder_loss(self.vae, self._video(clips))
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The config's per-channel latent mean and std as [1, z, 1, 1, 1] tensors on the device."""
         shape = (1, -1, 1, 1, 1)
         mean = torch.tensor(self.vae.config.latents_mean, device=self.device).view(shape)
         std = torch.tensor(self.vae.config.latents_std, device=self.device).view(shape)
@@ -64,12 +66,13 @@ class Wan22Trainer:
         std = latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
         self.vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
                                     latents_std=[round(float(v), 5) for v in std])
+        self._latent_stats = self._stats()  # read back from the config: what the served decoder will use
         return float(std.mean())
 
     @torch.no_grad()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips [B, F, 3, H, W] in [-1, 1] -> normalised latents [B, z, f, h, w] (WanPipeline's)."""
-        mean, std = self._stats()
+        mean, std = self._latent_stats
         return (self.vae.encode(self._video(clips)).latent_dist.sample() - mean) / std
 
     # -- stage 2: text encoder and transformer -----------------------------------------------------
