@@ -205,6 +205,11 @@ class Family:
         """The family's training adapter (VAE loss, latents, text embeddings, denoiser loss): ``t2vserve.train``."""
         raise NotImplementedError(f"the {self.name} family has no trainer")
 
+    def encode_clips(self, components: Any, clips: torch.Tensor) -> torch.Tensor:
+        """Clips [B, F, 3, H, W] in [-1, 1] -> latents [B, C, f, h, w] as the denoiser sees them (the VAE's
+        posterior mode, normalised as the served decoder expects): what the preview decoder is fitted on."""
+        raise NotImplementedError
+
     def stock_denoiser(self, pipe: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """(sample, timestep [B], text embeddings) -> output, as the family's diffusers pipeline calls its denoiser."""
         raise NotImplementedError

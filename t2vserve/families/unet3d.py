@@ -207,6 +207,15 @@ class TextEncoderGraph(nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]
 
 
+def clip_latents(vae: nn.Module, clips: torch.Tensor, sample: bool = False) -> torch.Tensor:
+    """Clips [B, F, 3, H, W] in [-1, 1] -> scaled latents [B, C, F, h, w] (the UNet's layout), frame by frame;
+    ``sample``: a draw from the posterior (training), else its mode."""
+    batch, frames = clips.shape[:2]
+    posterior = vae.encode(clips.flatten(0, 1)).latent_dist
+    latents = (posterior.sample() if sample else posterior.mode()) * vae.config.scaling_factor
+    return latents.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+
+
 class VaeDecoderGraph(nn.Module):
     """Latents [1, C, F, h, w] -> frames [F, 3, H, W] in about [-1, 1] (the frames are the 2D VAE's batch)."""
 
@@ -256,6 +265,9 @@ class UNet3DFamily(Family):
         from .unet3d_train import UNet3DTrainer
 
         return UNet3DTrainer(components, device)
+
+    def encode_clips(self, components: Any, clips: torch.Tensor) -> torch.Tensor:
+        return clip_latents(components.vae, clips)
 
     def load_tokenizer(self, directory: Path) -> Any:
         from transformers import CLIPTokenizer

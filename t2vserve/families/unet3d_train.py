@@ -15,6 +15,7 @@ from torch import nn
 
 from ..ddim import DDIM
 from ..train.losses import autoencoder_loss
+from .unet3d import clip_latents
 
 
 class UNet3DTrainer:
@@ -57,9 +58,7 @@ class UNet3DTrainer:
     @torch.no_grad()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips [B, F, 3, H, W] in [-1, 1] -> scaled latents [B, C, F, h, w] (the UNet's layout)."""
-        batch, frames = clips.shape[:2]
-        latents = self.vae.encode(self._frames(clips)).latent_dist.sample() * self.vae.config.scaling_factor
-        return latents.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+        return clip_latents(self.vae, clips, sample=True)
 
     # -- stage 2: text encoder and UNet ------------------------------------------------------------
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:

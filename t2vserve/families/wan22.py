@@ -123,6 +123,12 @@ class Wan22Family(Family):
     def clean_prompt(self, text: str) -> str:
         return modules.clean_prompt(text)
 
+    def encode_clips(self, components: Any, clips: torch.Tensor) -> torch.Tensor:
+        vae = components.vae
+        shape = (1, -1, 1, 1, 1)
+        mean, std = torch.tensor(vae.config.latents_mean).view(shape), torch.tensor(vae.config.latents_std).view(shape)
+        return (vae.encode(clips.transpose(1, 2)).latent_dist.mode() - mean) / std
+
     def build_tiny_model(self, out_dir: Path, seed: int = 0, **variant: Any) -> Path:
         from .wan22_tiny import build_tiny_model
 
