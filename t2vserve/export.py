@@ -23,18 +23,19 @@ import torch
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
+from .previews import PREVIEW_FILE, LatentPreview, fit_preview
 from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_unet, weight_bytes
 from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
-from .spec import GEOMETRY_FILE, PRESETS, ModelGeometry
+from .spec import GEOMETRY_FILE, PRESETS, STREAM_MODEL, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 
 #: fp32 ONNX Runtime vs torch on random inputs: max abs difference allowed per graph.
 ONNX_TOLERANCE = 1e-4
-#: Entries that need the geometry file, and the one that needs the tokenizer.
-GEOMETRY_ENTRIES = ("preprocess", "scheduler")
+#: Entries that need the geometry file (``preprocess`` also gets the tokenizer, ``t2v_stream`` the preview decoder).
+GEOMETRY_ENTRIES = ("preprocess", "scheduler", STREAM_MODEL)
 #: Written next to an INT8 denoiser: recipe, calibration and weight sizes.
 QUANTIZATION_REPORT = "quantization.json"
 
@@ -129,6 +130,8 @@ def export_model(
             if slot.quantized_from is not None:
                 quantize_int8(slot, components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
     _write_serving_metadata(components, geometry, repository)
+    if onnx:  # the fit decodes with the real weights; metadata-only components have none (no previews then)
+        write_preview(components, geometry, repository)
     log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
     return geometry
 
@@ -140,6 +143,15 @@ def _write_serving_metadata(components, geometry: ModelGeometry, repository: Pat
     components.tokenizer.save_pretrained(str(tokenizer_dir))
     for entry in GEOMETRY_ENTRIES:
         (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
+
+
+def write_preview(components: Any, geometry: ModelGeometry, repository: Path) -> LatentPreview:
+    """Fit the model's preview decoder (``t2vserve.previews``) and write it for ``t2v_stream``."""
+    start = time.perf_counter()
+    preview = fit_preview(components, geometry)
+    preview.save(repository / STREAM_MODEL / "1" / PREVIEW_FILE)
+    log.info("preview decoder fitted in %.1f s: %.1f uint8 levels from the decode on its fit clips", time.perf_counter() - start, preview.fit_error)
+    return preview
 
 
 def quantize_int8(slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:

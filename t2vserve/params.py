@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import PARAMETERS, PROMPT_MAX_CHARS, ModelGeometry, Range
+from .spec import MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, ModelGeometry, Range, time_limit_range
 
 
 class ParameterError(ValueError):
@@ -38,6 +38,7 @@ class ResolvedRequest:
     fps: int
     precision: str
     sampler: str
+    time_limit_s: float = MAX_TIME_LIMIT_S
 
     def resolved(self) -> dict[str, Any]:
         """Resolved parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
@@ -51,7 +52,14 @@ class ResolvedRequest:
             "FPS": self.fps,
             "PRECISION": self.precision,
             "SAMPLER": self.sampler,
+            "TIME_LIMIT_S": self.time_limit_s,
         }
+
+
+def read_parameter_error(message: str) -> ParameterError | None:
+    """The ParameterError whose message is ``message`` (``NAME: ...`` for a request parameter), else None."""
+    name, separator, rest = message.partition(": ")
+    return ParameterError(name, rest) if separator and name in {p.name for p in PARAMETERS} else None
 
 
 def _single(name: str, value: np.ndarray) -> Any:
@@ -99,8 +107,11 @@ def _number(name: str, value: np.ndarray | None, default: Any, allowed: Range, c
     return number
 
 
-def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> ResolvedRequest:
-    """Validate raw input arrays (missing optional inputs are None) against the model's ranges."""
+def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_time_limit_s: float = MAX_TIME_LIMIT_S) -> ResolvedRequest:
+    """Validate raw input arrays (missing optional inputs are None) against the model's ranges.
+
+    ``max_time_limit_s``: the server's largest TIME_LIMIT_S, also its default.
+    """
     unknown = set(inputs) - {p.name for p in PARAMETERS}
     if unknown:
         raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
@@ -118,7 +129,13 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry) -> Re
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
         precision=_choice("PRECISION", inputs.get("PRECISION"), geometry.default_precision, tuple(geometry.tracks)),
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
+        time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
     )
+
+
+def resolve_preview_every(value: np.ndarray | None) -> int:
+    """PREVIEW_EVERY of a streamed request (0: no previews)."""
+    return int(_number("PREVIEW_EVERY", value, 0, PREVIEW_EVERY_RANGE, int))
 
 
 def tokenize_pair(

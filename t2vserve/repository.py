@@ -20,15 +20,25 @@ from pathlib import Path
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
 from .spec import (
+    DEADLINE,
+    ELAPSED_S,
     FRAMES,
     INPUT_IDS,
     KV,
     LATENTS,
+    MAX_TIME_LIMIT_S,
     MP4,
     PARAMETERS,
+    PREVIEW,
+    REMAINING_S,
     RESOLVED_PARAMETERS,
     SCHEDULER_INSTANCES,
+    STEP,
+    STREAM_INSTANCES,
+    STREAM_MODEL,
+    STREAM_PARAMETERS,
     TEXT_EMBEDS,
+    TOTAL_STEPS,
     VIDEO,
 )
 
@@ -118,13 +128,13 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     (
         "preprocess",
         {p.name: p.name for p in PARAMETERS},
-        {INPUT_IDS: "input_ids", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
+        {INPUT_IDS: "input_ids", DEADLINE: "deadline", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
     ),
     ("text_encoder", {INPUT_IDS: "input_ids"}, {TEXT_EMBEDS: "text_embeds"}),
     ("kv_projector", {TEXT_EMBEDS: "text_embeds"}, {KV: "kv"}),
     (
         "scheduler",
-        {KV: "kv", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
+        {KV: "kv", DEADLINE: "deadline", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
         {LATENTS: "latents"},
     ),
     ("vae_decoder", {LATENTS: "latents"}, {FRAMES: "frames"}),
@@ -141,6 +151,19 @@ def _ensemble_scheduling() -> str:
     return "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
 
 
+#: What ``t2v`` answers, and what the final response of ``t2v_stream`` carries (the ensemble tensors of the same names).
+ENSEMBLE_OUTPUTS = [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,)), TensorDef(USED_SEED, "TYPE_INT64", (1,))]
+#: What every progress response of ``t2v_stream`` carries (PREVIEW only every PREVIEW_EVERY steps).
+PROGRESS_OUTPUTS = [
+    TensorDef(STEP, "TYPE_INT32", (1,)),
+    TensorDef(TOTAL_STEPS, "TYPE_INT32", (1,)),
+    TensorDef(ELAPSED_S, "TYPE_FP32", (1,)),
+    TensorDef(REMAINING_S, "TYPE_FP32", (1,)),
+    TensorDef(PREVIEW, "TYPE_UINT8", (-1, -1, 3)),
+]
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+
+
 def ensemble_inputs() -> list[TensorDef]:
     """The request parameters as inputs of ``t2v`` and ``preprocess``, every one optional to Triton.
 
@@ -152,14 +175,25 @@ def ensemble_inputs() -> list[TensorDef]:
     return [TensorDef(p.name, p.triton_dtype, (1,), optional=True) for p in PARAMETERS]
 
 
+def stream_inputs() -> list[TensorDef]:
+    """``t2v_stream``'s inputs: the ensemble's plus the streaming options, every one optional to Triton."""
+    return ensemble_inputs() + [TensorDef(p.name, p.triton_dtype, (1,), optional=True) for p in STREAM_PARAMETERS]
+
+
 def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:
     """Relative path -> file content for every generated file of a repository serving ``family``."""
     files: dict[str, str] = {}
     python_entries = {
-        "preprocess": ("preprocess", ensemble_inputs(), [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1))] + RESOLVED, {}),
+        "preprocess": (
+            "preprocess",
+            ensemble_inputs(),
+            [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,))] + RESOLVED,
+            {"max_time_limit_s": f"{MAX_TIME_LIMIT_S:g}"},
+        ),
         "scheduler": (
             "scheduler",
-            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))] + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
+            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,))]
+            + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
             [TensorDef(LATENTS, "TYPE_FP32", (1, -1, -1, -1, -1))],
             {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
         ),
@@ -189,14 +223,12 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
                 name, inputs, outputs, backend="python", parameters=params, max_batch_size=batch
             )
         files[f"{name}/1/model.py"] = _model_py("runner")
-    files["t2v/config.pbtxt"] = render_config(
-        "t2v",
-        ensemble_inputs(),
-        [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,)), TensorDef(USED_SEED, "TYPE_INT64", (1,))],
-        platform="ensemble",
-        extra=_ensemble_scheduling(),
-    )
+    files["t2v/config.pbtxt"] = render_config("t2v", ensemble_inputs(), ENSEMBLE_OUTPUTS, platform="ensemble", extra=_ensemble_scheduling())
     files["t2v/1/.gitkeep"] = ""
+    files[f"{STREAM_MODEL}/config.pbtxt"] = render_config(
+        STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python", instance_count=STREAM_INSTANCES, extra=DECOUPLED
+    )
+    files[f"{STREAM_MODEL}/1/model.py"] = _model_py("stream")
     return files
 
 

@@ -15,8 +15,8 @@ from .spec import CFG_BATCH, ModelGeometry
 
 #: (denoiser entry, sample [2B, C, F, h, w], timestep [2B]) -> model output; the packed K/V is bound inside.
 Denoiser = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
-#: Called after every step with (step, total steps).
-StepCallback = Callable[[int, int], None]
+#: Called after every step with (steps done, total steps, the latents after that step); may raise to stop the loop.
+StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
 def initial_latents(geometry: ModelGeometry, height: int, width: int, num_frames: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -52,5 +52,5 @@ def denoise(
         uncond, text = denoiser(entry, model_input, timestep).float().chunk(CFG_BATCH)
         latents = trajectory.step(index, uncond + guidance_scale * (text - uncond), latents)
         if on_step is not None:
-            on_step(index + 1, steps)
+            on_step(index + 1, steps, latents)
     return latents

@@ -24,6 +24,16 @@ LATENTS = "LATENTS"  # fp32 [frames, channels, h, w]: denoised latents, frames a
 FRAMES = "FRAMES"  # fp32 [frames, 3, H, W] in [-1, 1]: decoded frames
 VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
+DEADLINE = "DEADLINE"  # fp64 [1]: unix time (s) at which the request's TIME_LIMIT_S runs out (set by preprocess)
+
+#: The streaming entry (decoupled): progress per step, previews, then the clip; beside the ensemble ``t2v``.
+STREAM_MODEL = "t2v_stream"
+# Responses of the streaming entry ``t2v_stream``: one per denoising step, then the final one (VIDEO, MP4, USED_SEED)
+STEP = "STEP"  # int32 [1]: denoising steps done
+TOTAL_STEPS = "TOTAL_STEPS"  # int32 [1]: steps of the request
+ELAPSED_S = "ELAPSED_S"  # fp32 [1]: seconds since the request arrived
+REMAINING_S = "REMAINING_S"  # fp32 [1]: estimated seconds of denoising left (mean step time x steps left)
+PREVIEW = "PREVIEW"  # uint8 [h, w, 3]: the middle latent frame through the model's preview decoder (previews.py)
 
 #: Roles of the engine slots (each family declares its slots in ``families/<family>.py``).
 TEXT_ENCODER, KV_PROJECTOR, DENOISER, VAE_DECODER = "text_encoder", "kv_projector", "denoiser", "vae_decoder"
@@ -38,6 +48,13 @@ SCHEDULER_INSTANCES = 4
 
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000
+
+#: Streaming entry instances: how many streamed requests can be denoising at once (each holds one until it ends).
+STREAM_INSTANCES = 2
+#: Server-side maximum (and default) of a request's TIME_LIMIT_S: ``preprocess``'s config parameter
+#: ``max_time_limit_s`` (an operator may lower or raise it there); the shortest limit a request may ask for.
+MAX_TIME_LIMIT_S = 3600.0
+MIN_TIME_LIMIT_S = 0.1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +133,13 @@ STEPS_RANGE = Range(1, 100)
 GUIDANCE_RANGE = Range(1.0, 30.0)
 SEED_RANGE = Range(0, 2**63 - 1)
 FPS_RANGE = Range(1, 60)
+#: PREVIEW_EVERY: 0 sends no previews, N a preview after every N-th step.
+PREVIEW_EVERY_RANGE = Range(0, 100)
+
+
+def time_limit_range(maximum: float = MAX_TIME_LIMIT_S) -> Range:
+    """Allowed TIME_LIMIT_S under a server whose maximum is ``maximum`` seconds."""
+    return Range(MIN_TIME_LIMIT_S, maximum)
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,12 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
     Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp16; wan22: bf16)"),
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
+    Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
+)
+
+#: Inputs of the streaming entry ``t2v_stream`` beyond PARAMETERS (validated by the stream model itself).
+STREAM_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("PREVIEW_EVERY", "TYPE_INT32", True, "a PREVIEW after every N-th denoising step; 0 (default): none"),
 )
 
 #: Validated, defaulted parameters as they leave ``preprocess`` (name -> Triton dtype).
@@ -153,6 +183,7 @@ RESOLVED_PARAMETERS: dict[str, str] = {
     "FPS": "TYPE_INT32",
     "PRECISION": "TYPE_STRING",
     "SAMPLER": "TYPE_STRING",
+    "TIME_LIMIT_S": "TYPE_FP32",
 }
 
 

@@ -11,11 +11,23 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import to_dlpack
 
-from ..params import ParameterError
+from ..params import ParameterError, read_parameter_error
 
 
 class BLSError(RuntimeError):
-    """A model called through BLS answered with an error."""
+    """A model called through BLS answered with an error; ``code`` is its Triton error code."""
+
+    def __init__(self, model_name: str, message: str, code: int | None = None) -> None:
+        super().__init__(f"model '{model_name}' failed: {message}")
+        self.code, self.stage_message = code, message
+
+
+class RequestCancelled(RuntimeError):
+    """The client cancelled the request (or went away); found at the next denoising step."""
+
+
+class TimeLimitExceeded(RuntimeError):
+    """The request ran past its TIME_LIMIT_S; the message names the parameter."""
 
 
 def version_dir(args: dict[str, str]) -> Path:
@@ -45,10 +57,24 @@ def optional_input(request: "pb_utils.InferenceRequest", name: str) -> np.ndarra
 
 
 def error_response(exc: BaseException) -> "pb_utils.InferenceResponse":
-    """INVALID_ARG for bad parameters, INTERNAL for everything else; the server keeps serving."""
+    """The Triton error for ``exc``; the server keeps serving.
+
+    INVALID_ARG for bad parameters, also when a stage called through BLS refused them (its message as
+    is; BLS responses reach the caller with code INTERNAL in Triton 2.51, so a stage's parameter error
+    is recognised by its form, ``NAME: message``). CANCELLED for a cancelled request, UNAVAILABLE for
+    a request past its time limit (Triton has no DEADLINE_EXCEEDED), INTERNAL for everything else.
+    """
+    TritonError = pb_utils.TritonError
     if isinstance(exc, ParameterError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL))
+        error = TritonError(str(exc), TritonError.INVALID_ARG)
+    elif isinstance(exc, BLSError) and (exc.code == TritonError.INVALID_ARG or read_parameter_error(exc.stage_message)):
+        error = TritonError(exc.stage_message, TritonError.INVALID_ARG)
+    elif isinstance(exc, (RequestCancelled, TimeLimitExceeded)):  # a request stopped early: worth a line in the log
+        pb_utils.Logger.log_info(str(exc))
+        error = TritonError(str(exc), TritonError.CANCELLED if isinstance(exc, RequestCancelled) else TritonError.UNAVAILABLE)
+    else:
+        error = TritonError(f"{type(exc).__name__}: {exc}", TritonError.INTERNAL)
+    return pb_utils.InferenceResponse(error=error)
 
 
 def infer(model_name: str, inputs: list["pb_utils.Tensor"], output_names: list[str]) -> list["pb_utils.Tensor"]:
@@ -56,9 +82,9 @@ def infer(model_name: str, inputs: list["pb_utils.Tensor"], output_names: list[s
     request = pb_utils.InferenceRequest(model_name=model_name, inputs=inputs, requested_output_names=output_names)
     response = request.exec()
     if response.has_error():
-        raise BLSError(f"model '{model_name}' failed: {response.error().message()}")
+        raise BLSError(model_name, response.error().message(), response.error().code())
     outputs = [pb_utils.get_output_tensor_by_name(response, name) for name in output_names]
     missing = [name for name, tensor in zip(output_names, outputs) if tensor is None]
     if missing:
-        raise BLSError(f"model '{model_name}' returned no {missing}")
+        raise BLSError(model_name, f"returned no {missing}")
     return outputs

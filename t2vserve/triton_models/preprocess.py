@@ -1,14 +1,20 @@
-"""``preprocess``: validate and default the request parameters, tokenize prompt and negative prompt."""
+"""``preprocess``: validate and default the request parameters, tokenize prompt and negative prompt.
+
+It also starts the request's clock: DEADLINE is its arrival time plus TIME_LIMIT_S (default and
+maximum: the config parameter ``max_time_limit_s``), checked by the denoising loop at every step.
+"""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..families import get_family
 from ..params import resolve, tokenize_pair
-from ..spec import GEOMETRY_FILE, INPUT_IDS, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
-from .common import error_response, optional_input, version_dir
+from ..spec import DEADLINE, GEOMETRY_FILE, INPUT_IDS, MAX_TIME_LIMIT_S, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
+from .common import config_parameter, error_response, model_config, optional_input, version_dir
 
 
 
@@ -19,16 +25,18 @@ class TritonPythonModel:
         family = get_family(self.geometry.family)
         self.clean = family.clean_prompt
         self.tokenizer = family.load_tokenizer(directory / "tokenizer")
+        self.max_time_limit_s = float(config_parameter(model_config(args), "max_time_limit_s", str(MAX_TIME_LIMIT_S)))
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 
     def _one(self, request) -> "pb_utils.InferenceResponse":
         try:
+            arrival = time.time()
             raw = {p.name: optional_input(request, p.name) for p in PARAMETERS}
-            resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry)
+            resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry, self.max_time_limit_s)
             ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length, self.clean)
-            outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
+            outputs = [pb_utils.Tensor(INPUT_IDS, ids), pb_utils.Tensor(DEADLINE, np.array([arrival + resolved.time_limit_s]))]
             for name, value in resolved.resolved().items():
                 value = value.encode("utf-8") if isinstance(value, str) else value
                 outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_DTYPES[RESOLVED_PARAMETERS[name]])))

@@ -1,0 +1,103 @@
+"""The sampling loop as the Python models run it: ``scheduler`` (the ``t2v`` ensemble) and ``t2v_stream``.
+
+Both hand ``DenoisingLoop.run`` the ``scheduler`` entry's inputs by name (KV, the resolved
+parameters, DEADLINE); the loop calls the denoiser entries through BLS with the request's packed K/V
+and checks, before every step, whether the client cancelled the request or its TIME_LIMIT_S ran out.
+
+PRECISION picks the track (the model's ``ModelGeometry.tracks``: unet3d int8 -> ``unet_int8``, fp16 ->
+``unet``; wan22 bf16 -> ``transformer`` [+ ``transformer_2``, the low-noise expert below the boundary
+timestep]); SAMPLER the sampler (unet3d: ddim; wan22: unipc, euler). Latents are created on the K/V's
+device, so with a GPU runner the whole loop stays on the GPU (DLPack in and out of BLS, no host round
+trip per step).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from ..samplers import make_sampler
+from ..sampling import StepCallback, denoise, initial_latents
+from ..spec import DEADLINE, GEOMETRY_FILE, KV, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
+from .common import RequestCancelled, TimeLimitExceeded, config_parameter, from_torch, infer, model_config, to_torch, version_dir
+
+
+@dataclass
+class StepGuard:
+    """Ends a request between two denoising steps: cancelled by its client, or past its deadline."""
+
+    is_cancelled: Callable[[], bool]
+    deadline: float  # unix time, from preprocess: arrival + TIME_LIMIT_S
+    time_limit_s: float
+    total: int
+    done: int = 0
+
+    def check(self) -> None:
+        """Raise RequestCancelled or TimeLimitExceeded; otherwise return at once."""
+        if self.is_cancelled():
+            raise RequestCancelled(f"request cancelled by the client after {self.done} of {self.total} denoising steps")
+        if time.time() > self.deadline:
+            raise TimeLimitExceeded(
+                f"TIME_LIMIT_S: the request ran past its time limit of {self.time_limit_s:g} s and was stopped after "
+                f"{self.done} of {self.total} denoising steps; give a longer TIME_LIMIT_S (at most the server's "
+                "max_time_limit_s) or fewer STEPS"
+            )
+
+
+def _assert_on(device_type: str, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        if tensor.device.type != device_type:
+            raise AssertionError(f"{name} is on {tensor.device}, expected {device_type}")
+
+
+class DenoisingLoop:
+    """The ``scheduler`` entry's inputs -> denoised latents [1, C, f, h, w], one BLS denoiser call per step."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        self.geometry = ModelGeometry.load(version_dir(args) / GEOMETRY_FILE)
+        self.samplers = {name: make_sampler(name, self.geometry.scheduler_config) for name in self.geometry.samplers}
+        # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
+        # denoiser output live on that device type, i.e. nothing took a host round trip.
+        self.assert_device = config_parameter(model_config(args), "assert_device", "") or os.environ.get("T2V_ASSERT_DEVICE") or None
+
+    def run(
+        self,
+        inputs: Mapping[str, "pb_utils.Tensor"],
+        is_cancelled: Callable[[], bool],
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Denoise; ``is_cancelled`` is asked before every step, ``on_step`` called after each."""
+
+        def scalar(name: str) -> Any:
+            return inputs[name].as_numpy().reshape(-1)[0]
+
+        steps = int(scalar("STEPS"))
+        guard = StepGuard(is_cancelled, float(scalar(DEADLINE)), float(scalar("TIME_LIMIT_S")), steps)
+        kv_tensor = inputs[KV]
+        kv = to_torch(kv_tensor)
+        latents = initial_latents(
+            self.geometry, int(scalar("HEIGHT")), int(scalar("WIDTH")), int(scalar("NUM_FRAMES")), int(scalar("SEED")), device=kv.device
+        )
+
+        def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            guard.check()
+            # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
+            (output,) = infer(entry, [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_tensor], [NOISE_PRED])
+            output = to_torch(output)
+            if self.assert_device is not None:
+                _assert_on(self.assert_device, kv=kv, sample=sample, output=output)
+            return output.to(sample.device)
+
+        def after_step(done: int, total: int, current: torch.Tensor) -> None:
+            guard.done = done
+            if on_step is not None:
+                on_step(done, total, current)
+
+        sampler = self.samplers[scalar("SAMPLER").decode("utf-8")]
+        precision = scalar("PRECISION").decode("utf-8")
+        return denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step)

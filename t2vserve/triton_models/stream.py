@@ -1,0 +1,101 @@
+"""``t2v_stream`` (decoupled): the ``t2v`` ensemble's stages through BLS, with a response after every denoising step.
+
+The stages are ``repository.ENSEMBLE_STEPS``, the one list the ensemble is generated from: every entry
+is called through BLS with the same tensor wiring, except ``scheduler``, whose loop
+(``denoising.DenoisingLoop``) runs here so that every step can be reported: STEP, TOTAL_STEPS,
+ELAPSED_S (since the request arrived), REMAINING_S (mean step time x steps left) and, every
+PREVIEW_EVERY steps, a PREVIEW frame (``t2vserve.previews``). The last response carries the
+ensemble's outputs (VIDEO, MP4, USED_SEED) and the final flag; so does an error.
+
+A cancelled stream (the client stops it or goes away) is found with ``response_sender.is_cancelled()``
+before every step and every stage: no further denoiser call is made, this instance takes the next
+request, and the request ends with a CANCELLED error. TIME_LIMIT_S is enforced by the same loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..params import ParameterError, resolve_preview_every
+from ..previews import PREVIEW_FILE, LatentPreview
+from ..repository import ENSEMBLE_OUTPUTS, ENSEMBLE_STEPS
+from ..spec import ELAPSED_S, PARAMETERS, PREVIEW, REMAINING_S, STEP, TOTAL_STEPS
+from .common import RequestCancelled, error_response, from_torch, infer, optional_input, version_dir
+from .denoising import DenoisingLoop
+
+#: The ensemble entry whose work this model does itself (the sampling loop), reporting every step.
+LOOP_ENTRY = "scheduler"
+
+
+def renamed(tensor: "pb_utils.Tensor", name: str) -> "pb_utils.Tensor":
+    """``tensor`` under another name, without a copy where DLPack can carry it (not BYTES)."""
+    if tensor.name() == name:
+        return tensor
+    if tensor.is_cpu() and tensor.as_numpy().dtype == np.object_:
+        return pb_utils.Tensor(name, tensor.as_numpy())
+    return pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack())
+
+
+class ProgressSender:
+    """Sends one progress response per denoising step (and a PREVIEW every ``preview_every`` steps)."""
+
+    def __init__(self, sender, arrival: float, preview_every: int, preview: LatentPreview | None) -> None:
+        self.sender, self.arrival, self.preview_every, self.preview = sender, arrival, preview_every, preview
+        self.loop_start = arrival
+
+    def start_loop(self) -> None:
+        self.loop_start = time.monotonic()
+
+    def __call__(self, done: int, total: int, latents) -> None:
+        now = time.monotonic()
+        remaining = (now - self.loop_start) / done * (total - done)
+        outputs = [
+            pb_utils.Tensor(STEP, np.array([done], dtype=np.int32)),
+            pb_utils.Tensor(TOTAL_STEPS, np.array([total], dtype=np.int32)),
+            pb_utils.Tensor(ELAPSED_S, np.array([now - self.arrival], dtype=np.float32)),
+            pb_utils.Tensor(REMAINING_S, np.array([remaining], dtype=np.float32)),
+        ]
+        if self.preview is not None and self.preview_every and done % self.preview_every == 0:
+            outputs.append(pb_utils.Tensor(PREVIEW, self.preview.frame(latents)))
+        self.sender.send(pb_utils.InferenceResponse(outputs))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        self.loop = DenoisingLoop(args)
+        path = version_dir(args) / PREVIEW_FILE
+        self.preview = LatentPreview.load(path) if path.exists() else None
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                response = self._generate(request, sender)
+            except Exception as exc:  # every failure ends the stream with an error response; the model keeps serving
+                response = error_response(exc)
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _generate(self, request, sender) -> "pb_utils.InferenceResponse":
+        arrival = time.monotonic()
+        preview_every = resolve_preview_every(optional_input(request, "PREVIEW_EVERY"))
+        if preview_every and self.preview is None:
+            raise ParameterError("PREVIEW_EVERY", f"previews need the model's preview decoder ({PREVIEW_FILE}), which this repository lacks; allowed 0")
+        progress = ProgressSender(sender, arrival, preview_every, self.preview)
+        # ensemble tensor name -> tensor; the request's parameters enter under their own names
+        tensors = {p.name: t for p in PARAMETERS if (t := pb_utils.get_input_tensor_by_name(request, p.name)) is not None}
+        for model, input_map, output_map in ENSEMBLE_STEPS:
+            if sender.is_cancelled():
+                raise RequestCancelled(f"request cancelled by the client before stage '{model}'")
+            inputs = {name: tensors[source] for name, source in input_map.items() if source in tensors}
+            if model == LOOP_ENTRY:
+                progress.start_loop()
+                (name,) = output_map
+                produced = [from_torch(name, self.loop.run(inputs, sender.is_cancelled, progress))]
+            else:
+                produced = infer(model, [renamed(tensor, name) for name, tensor in inputs.items()], list(output_map))
+            tensors.update({output_map[tensor.name()]: tensor for tensor in produced})
+        return pb_utils.InferenceResponse([renamed(tensors[output.name], output.name) for output in ENSEMBLE_OUTPUTS])
