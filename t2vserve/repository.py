@@ -34,7 +34,6 @@ from .spec import (
     RESOLVED_PARAMETERS,
     SCHEDULER_INSTANCES,
     STEP,
-    STREAM_INSTANCES,
     STREAM_MODEL,
     STREAM_PARAMETERS,
     TEXT_EMBEDS,
@@ -226,7 +225,7 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
     files["t2v/config.pbtxt"] = render_config("t2v", ensemble_inputs(), ENSEMBLE_OUTPUTS, platform="ensemble", extra=_ensemble_scheduling())
     files["t2v/1/.gitkeep"] = ""
     files[f"{STREAM_MODEL}/config.pbtxt"] = render_config(
-        STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python", instance_count=STREAM_INSTANCES, extra=DECOUPLED
+        STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python", extra=DECOUPLED
     )
     files[f"{STREAM_MODEL}/1/model.py"] = _model_py("stream")
     return files

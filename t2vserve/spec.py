@@ -49,8 +49,8 @@ SCHEDULER_INSTANCES = 4
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000
 
-#: Streaming entry instances: how many streamed requests can be denoising at once (each holds one until it ends).
-STREAM_INSTANCES = 2
+#: Streamed requests denoising at once: worker threads of the one ``t2v_stream`` instance (as many as scheduler instances).
+STREAM_CONCURRENCY = SCHEDULER_INSTANCES
 #: Server-side maximum (and default) of a request's TIME_LIMIT_S: ``preprocess``'s config parameter
 #: ``max_time_limit_s`` (an operator may lower or raise it there); the shortest limit a request may ask for.
 MAX_TIME_LIMIT_S = 3600.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -75,6 +76,23 @@ def test_grpc_stream_reports_every_step_previews_and_the_ensembles_clip(grpc_cli
     assert np.corrcoef(preview.reshape(-1), target.reshape(-1))[0, 1] > PREVIEW_CORRELATION
 
 
+def test_one_stream_instance_serves_requests_at_the_same_time(server, reference) -> None:
+    """Worker threads of the one t2v_stream instance: a second stream runs while the first is denoising."""
+    requests = [REQUEST, replace(REQUEST, seed=12)]
+
+    def timed(request: GenerationRequest) -> tuple[float, float, np.ndarray]:
+        """(first progress, end, clip) of one stream, in time.monotonic() seconds."""
+        with T2VClient(server.grpc_url) as client:
+            events = [(time.monotonic(), event) for event in client.stream(request)]
+        return events[0][0], events[-1][0], events[-1][1].video
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        (first_a, end_a, clip_a), (first_b, end_b, clip_b) = pool.map(timed, requests)
+    assert max(first_a, first_b) < min(end_a, end_b)  # both were denoising at once
+    np.testing.assert_array_equal(clip_a, reference.video)
+    assert not np.array_equal(clip_b, clip_a)
+
+
 def test_http_generate_stream_sends_progress_as_server_sent_events(server, reference) -> None:
     with T2VClient(server.http_url, "http") as client:
         events = list(client.stream(REQUEST))
@@ -95,7 +113,7 @@ def test_cancelled_stream_stops_the_denoiser_at_the_next_step(server, grpc_clien
     time.sleep(1.5)
     assert 2 <= stopped <= 4 < steps  # the server may have begun a step or two while the cancellation travelled
     assert request_count(server.grpc_url, denoiser) - before == stopped  # and nothing after it
-    # the instance is free again: a new stream runs through
+    # and the stream entry takes new requests
     assert isinstance(list(grpc_client.stream(GenerationRequest(DEMO_PROMPT, seed=3, steps=1)))[-1], GenerationResult)
 
 

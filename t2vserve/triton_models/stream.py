@@ -7,14 +7,20 @@ ELAPSED_S (since the request arrived), REMAINING_S (mean step time x steps left)
 PREVIEW_EVERY steps, a PREVIEW frame (``t2vserve.previews``). The last response carries the
 ensemble's outputs (VIDEO, MP4, USED_SEED) and the final flag; so does an error.
 
+One instance serves STREAM_CONCURRENCY requests at a time: ``execute`` hands each request (its inputs
+copied, its response sender) to a worker thread and returns, as decoupled models may; BLS calls wait
+outside the GIL, so the workers' denoiser calls meet in the UNet's dynamic batcher like the
+scheduler instances' do. Further requests wait for a free worker.
+
 A cancelled stream (the client stops it or goes away) is found with ``response_sender.is_cancelled()``
-before every step and every stage: no further denoiser call is made, this instance takes the next
+before every step and every stage: no further denoiser call is made, the worker takes the next
 request, and the request ends with a CANCELLED error. TIME_LIMIT_S is enforced by the same loop.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -22,8 +28,8 @@ import triton_python_backend_utils as pb_utils
 from ..params import ParameterError, resolve_preview_every
 from ..previews import PREVIEW_FILE, LatentPreview
 from ..repository import ENSEMBLE_OUTPUTS, ENSEMBLE_STEPS
-from ..spec import ELAPSED_S, PARAMETERS, PREVIEW, REMAINING_S, STEP, TOTAL_STEPS
-from .common import RequestCancelled, error_response, from_torch, infer, optional_input, version_dir
+from ..spec import ELAPSED_S, PARAMETERS, PREVIEW, REMAINING_S, STEP, STREAM_CONCURRENCY, STREAM_MODEL, STREAM_PARAMETERS, TOTAL_STEPS
+from .common import RequestCancelled, error_response, from_torch, infer, version_dir
 from .denoising import DenoisingLoop
 
 #: The ensemble entry whose work this model does itself (the sampling loop), reporting every step.
@@ -68,34 +74,50 @@ class TritonPythonModel:
         self.loop = DenoisingLoop(args)
         path = version_dir(args) / PREVIEW_FILE
         self.preview = LatentPreview.load(path) if path.exists() else None
+        self.workers = ThreadPoolExecutor(STREAM_CONCURRENCY, thread_name_prefix="t2v_stream")
 
     def execute(self, requests: list) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                response = self._generate(request, sender)
-            except Exception as exc:  # every failure ends the stream with an error response; the model keeps serving
-                response = error_response(exc)
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        for request in requests:  # the inputs are copied: the worker outlives this call
+            inputs = {name: pb_utils.Tensor(name, tensor.as_numpy().copy()) for name, tensor in _present_inputs(request).items()}
+            self.workers.submit(self._respond, inputs, request.get_response_sender(), time.monotonic())
         return None
 
-    def _generate(self, request, sender) -> "pb_utils.InferenceResponse":
-        arrival = time.monotonic()
-        preview_every = resolve_preview_every(optional_input(request, "PREVIEW_EVERY"))
+    def finalize(self) -> None:
+        self.workers.shutdown(wait=True)
+
+    def _respond(self, inputs: dict[str, "pb_utils.Tensor"], sender, arrival: float) -> None:
+        """One request, on a worker thread: progress responses, then the final one (the clip or an error)."""
+        try:
+            response = self._generate(inputs, sender, arrival)
+        except Exception as exc:  # every failure ends the stream with an error response; the model keeps serving
+            response = error_response(exc)
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # nobody else would see it: a worker thread's exception stays in its future
+            pb_utils.Logger.log_error(f"{STREAM_MODEL}: the final response could not be sent: {exc}")
+
+    def _generate(self, inputs: dict[str, "pb_utils.Tensor"], sender, arrival: float) -> "pb_utils.InferenceResponse":
+        preview_every = resolve_preview_every(inputs["PREVIEW_EVERY"].as_numpy() if "PREVIEW_EVERY" in inputs else None)
         if preview_every and self.preview is None:
             raise ParameterError("PREVIEW_EVERY", f"previews need the model's preview decoder ({PREVIEW_FILE}), which this repository lacks; allowed 0")
         progress = ProgressSender(sender, arrival, preview_every, self.preview)
         # ensemble tensor name -> tensor; the request's parameters enter under their own names
-        tensors = {p.name: t for p in PARAMETERS if (t := pb_utils.get_input_tensor_by_name(request, p.name)) is not None}
+        tensors = {p.name: inputs[p.name] for p in PARAMETERS if p.name in inputs}
         for model, input_map, output_map in ENSEMBLE_STEPS:
             if sender.is_cancelled():
                 raise RequestCancelled(f"request cancelled by the client before stage '{model}'")
-            inputs = {name: tensors[source] for name, source in input_map.items() if source in tensors}
+            stage_inputs = {name: tensors[source] for name, source in input_map.items() if source in tensors}
             if model == LOOP_ENTRY:
                 progress.start_loop()
                 (name,) = output_map
-                produced = [from_torch(name, self.loop.run(inputs, sender.is_cancelled, progress))]
+                produced = [from_torch(name, self.loop.run(stage_inputs, sender.is_cancelled, progress))]
             else:
-                produced = infer(model, [renamed(tensor, name) for name, tensor in inputs.items()], list(output_map))
+                produced = infer(model, [renamed(tensor, name) for name, tensor in stage_inputs.items()], list(output_map))
             tensors.update({output_map[tensor.name()]: tensor for tensor in produced})
         return pb_utils.InferenceResponse([renamed(tensors[output.name], output.name) for output in ENSEMBLE_OUTPUTS])
+
+
+def _present_inputs(request) -> dict[str, "pb_utils.Tensor"]:
+    """The request's inputs that it carries (all of them are optional to Triton)."""
+    names = [p.name for p in PARAMETERS + STREAM_PARAMETERS]
+    return {name: t for name in names if (t := pb_utils.get_input_tensor_by_name(request, name)) is not None}
