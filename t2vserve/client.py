@@ -145,7 +145,9 @@ class T2VClient:
                     yield _result(outputs.__getitem__, time.perf_counter() - start)
                     return
                 scalar = lambda name: outputs[name].reshape(-1)[0]  # noqa: E731
-                yield Progress(int(scalar(STEP)), int(scalar(TOTAL_STEPS)), float(scalar(ELAPSED_S)), float(scalar(REMAINING_S)), outputs.get(PREVIEW))
+                yield Progress(
+                    int(scalar(STEP)), int(scalar(TOTAL_STEPS)), float(scalar(ELAPSED_S)), float(scalar(REMAINING_S)), outputs.get(PREVIEW)
+                )
 
     def _grpc_events(self, request: GenerationRequest) -> Iterator[dict[str, np.ndarray]]:
         """Each response of a gRPC stream as {output name: array}; stops the stream (cancelling if unfinished) on close."""

@@ -150,7 +150,8 @@ def write_preview(components: Any, geometry: ModelGeometry, repository: Path) ->
     start = time.perf_counter()
     preview = fit_preview(components, geometry)
     preview.save(repository / STREAM_MODEL / "1" / PREVIEW_FILE)
-    log.info("preview decoder fitted in %.1f s: %.1f uint8 levels from the decode on its fit clips", time.perf_counter() - start, preview.fit_error)
+    seconds = time.perf_counter() - start
+    log.info("preview decoder fitted in %.1f s: %.1f uint8 levels from the decode on its fit clips", seconds, preview.fit_error)
     return preview
 
 

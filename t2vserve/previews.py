@@ -85,7 +85,9 @@ def _features(pixels: torch.Tensor, weight: Any, bias: Any) -> torch.Tensor:
     return torch.cat([torch.ones_like(pixels[..., :1]), pixels, F.silu(pixels @ weight + bias)], dim=-1)
 
 
-def fit_projection(latents: list[torch.Tensor], frames: list[torch.Tensor], geometry: ModelGeometry, hidden: int = HIDDEN) -> LatentPreview:
+def fit_projection(
+    latents: list[torch.Tensor], frames: list[torch.Tensor], geometry: ModelGeometry, hidden: int = HIDDEN
+) -> LatentPreview:
     """Fit the preview from latents [1, C, f, h, w] to their decoded frames [F, 3, H, W]."""
     x = torch.cat([lat[0].permute(1, 2, 3, 0).reshape(-1, lat.shape[1]) for lat in latents]).double()
     y = torch.cat([pooled_frames(fr, geometry).reshape(-1, 3) for fr in frames]).double().clamp(-1.0, 1.0)

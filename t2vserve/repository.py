@@ -151,7 +151,11 @@ def _ensemble_scheduling() -> str:
 
 
 #: What ``t2v`` answers, and what the final response of ``t2v_stream`` carries (the ensemble tensors of the same names).
-ENSEMBLE_OUTPUTS = [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,)), TensorDef(USED_SEED, "TYPE_INT64", (1,))]
+ENSEMBLE_OUTPUTS = [
+    TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)),
+    TensorDef(MP4, "TYPE_STRING", (1,)),
+    TensorDef(USED_SEED, "TYPE_INT64", (1,)),
+]
 #: What every progress response of ``t2v_stream`` carries (PREVIEW only every PREVIEW_EVERY steps).
 PROGRESS_OUTPUTS = [
     TensorDef(STEP, "TYPE_INT32", (1,)),

@@ -23,12 +23,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from ..params import ParameterError, resolve_preview_every
 from ..previews import PREVIEW_FILE, LatentPreview
 from ..repository import ENSEMBLE_OUTPUTS, ENSEMBLE_STEPS
-from ..spec import ELAPSED_S, PARAMETERS, PREVIEW, REMAINING_S, STEP, STREAM_CONCURRENCY, STREAM_MODEL, STREAM_PARAMETERS, TOTAL_STEPS
+from ..spec import (
+    ELAPSED_S,
+    PARAMETERS,
+    PREVIEW,
+    REMAINING_S,
+    STEP,
+    STREAM_CONCURRENCY,
+    STREAM_MODEL,
+    STREAM_PARAMETERS,
+    TOTAL_STEPS,
+)
 from .common import RequestCancelled, error_response, from_torch, infer, version_dir
 from .denoising import DenoisingLoop
 
@@ -48,14 +59,16 @@ def renamed(tensor: "pb_utils.Tensor", name: str) -> "pb_utils.Tensor":
 class ProgressSender:
     """Sends one progress response per denoising step (and a PREVIEW every ``preview_every`` steps)."""
 
-    def __init__(self, sender, arrival: float, preview_every: int, preview: LatentPreview | None) -> None:
+    def __init__(
+        self, sender: "pb_utils.InferenceResponseSender", arrival: float, preview_every: int, preview: LatentPreview | None
+    ) -> None:
         self.sender, self.arrival, self.preview_every, self.preview = sender, arrival, preview_every, preview
         self.loop_start = arrival
 
     def start_loop(self) -> None:
         self.loop_start = time.monotonic()
 
-    def __call__(self, done: int, total: int, latents) -> None:
+    def __call__(self, done: int, total: int, latents: torch.Tensor) -> None:
         now = time.monotonic()
         remaining = (now - self.loop_start) / done * (total - done)
         outputs = [
@@ -83,7 +96,8 @@ class TritonPythonModel:
         return None
 
     def finalize(self) -> None:
-        self.workers.shutdown(wait=True)
+        """Requests still waiting for a worker are dropped; running ones finish."""
+        self.workers.shutdown(wait=True, cancel_futures=True)
 
     def _respond(self, inputs: dict[str, "pb_utils.Tensor"], sender, arrival: float) -> None:
         """One request, on a worker thread: progress responses, then the final one (the clip or an error)."""
@@ -99,7 +113,8 @@ class TritonPythonModel:
     def _generate(self, inputs: dict[str, "pb_utils.Tensor"], sender, arrival: float) -> "pb_utils.InferenceResponse":
         preview_every = resolve_preview_every(inputs["PREVIEW_EVERY"].as_numpy() if "PREVIEW_EVERY" in inputs else None)
         if preview_every and self.preview is None:
-            raise ParameterError("PREVIEW_EVERY", f"previews need the model's preview decoder ({PREVIEW_FILE}), which this repository lacks; allowed 0")
+            lacking = f"previews need the model's preview decoder ({PREVIEW_FILE}), which this repository lacks; allowed 0"
+            raise ParameterError("PREVIEW_EVERY", lacking)
         progress = ProgressSender(sender, arrival, preview_every, self.preview)
         # ensemble tensor name -> tensor; the request's parameters enter under their own names
         tensors = {p.name: inputs[p.name] for p in PARAMETERS if p.name in inputs}
