@@ -36,6 +36,7 @@ class GenerationRequest:
     fps: int | None = None
     precision: str | None = None
     sampler: str | None = None
+    preset: str | None = None  # quality tier: draft | standard | final (explicit parameters override it)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Input arrays by ensemble input name, only for the parameters that are set."""
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=None)
     parser.add_argument("--precision", default=None, help="denoiser track: unet3d int8 (default) | fp16; wan22 bf16 (the server checks)")
     parser.add_argument("--sampler", default=None, help="unet3d: ddim; wan22: unipc (default) | euler (the server checks)")
+    parser.add_argument("--preset", default=None, help="quality tier: draft | standard (default) | final; explicit parameters override it")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")
