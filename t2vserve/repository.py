@@ -27,6 +27,7 @@ from .spec import (
     MP4,
     PARAMETERS,
     RESOLVED_PARAMETERS,
+    SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
     TEXT_EMBEDS,
     VIDEO,
@@ -156,7 +157,12 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
     """Relative path -> file content for every generated file of a repository serving ``family``."""
     files: dict[str, str] = {}
     python_entries = {
-        "preprocess": ("preprocess", ensemble_inputs(), [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1))] + RESOLVED, {}),
+        "preprocess": (
+            "preprocess",
+            ensemble_inputs(),
+            [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1))] + RESOLVED,
+            {"safety_filter": SAFETY_FILTER_FILE, "safety_filter_enabled": "true"},
+        ),
         "scheduler": (
             "scheduler",
             [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))] + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
@@ -167,7 +173,7 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
             "postprocess",
             [TensorDef(FRAMES, "TYPE_FP32", (-1, 3, -1, -1)), TensorDef("FPS", "TYPE_INT32", (1,))],
             [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,))],
-            {},
+            {"output_check": "none"},
         ),
     }
     for name, (module, inputs, outputs, params) in python_entries.items():

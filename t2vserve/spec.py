@@ -40,6 +40,8 @@ SCHEDULER_INSTANCES = 4
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000
 
+#: The prompt filter's term lists (``t2vserve.safety``): ``preprocess``'s config parameter ``safety_filter``.
+SAFETY_FILTER_FILE = "safety_filter.json"
 
 
 # --------------------------------------------------------------------------------------------------

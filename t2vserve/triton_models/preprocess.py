@@ -1,4 +1,8 @@
-"""``preprocess``: validate and default the request parameters, tokenize prompt and negative prompt."""
+"""``preprocess``: validate and default the request parameters, filter the prompt, tokenize prompt and negative prompt.
+
+Config parameters: ``safety_filter`` (the prompt filter's file, ``t2vserve.safety.find_filter_file``)
+and ``safety_filter_enabled`` (``false``: no filter, for research deployments).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import triton_python_backend_utils as pb_utils
 
 from ..families import get_family
 from ..params import resolve, tokenize_pair
-from ..spec import GEOMETRY_FILE, INPUT_IDS, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
-from .common import error_response, optional_input, version_dir
-
+from ..safety import configured_filter
+from ..spec import GEOMETRY_FILE, INPUT_IDS, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, SAFETY_FILTER_FILE, ModelGeometry
+from .common import config_parameter, error_response, model_config, optional_input, version_dir
 
 
 class TritonPythonModel:
@@ -19,6 +23,10 @@ class TritonPythonModel:
         family = get_family(self.geometry.family)
         self.clean = family.clean_prompt
         self.tokenizer = family.load_tokenizer(directory / "tokenizer")
+        config = model_config(args)
+        self.prompt_filter = configured_filter(
+            config_parameter(config, "safety_filter", SAFETY_FILTER_FILE), config_parameter(config, "safety_filter_enabled", "true"), directory
+        )
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -27,6 +35,8 @@ class TritonPythonModel:
         try:
             raw = {p.name: optional_input(request, p.name) for p in PARAMETERS}
             resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry)
+            if self.prompt_filter is not None:
+                self.prompt_filter.check(resolved.prompt)
             ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length, self.clean)
             outputs = [pb_utils.Tensor(INPUT_IDS, ids)]
             for name, value in resolved.resolved().items():
