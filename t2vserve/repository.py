@@ -20,16 +20,19 @@ from pathlib import Path
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
 from .spec import (
+    CONDITIONING_CACHE_BYTES,
+    CONDITIONING_MODEL,
     FRAMES,
     INPUT_IDS,
     KV,
+    KV_PROJECTOR,
     LATENTS,
     MP4,
     PARAMETERS,
     RESOLVED_PARAMETERS,
     SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
-    TEXT_EMBEDS,
+    TEXT_ENCODER,
     VIDEO,
 )
 
@@ -121,8 +124,8 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
         {p.name: p.name for p in PARAMETERS},
         {INPUT_IDS: "input_ids", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
     ),
-    ("text_encoder", {INPUT_IDS: "input_ids"}, {TEXT_EMBEDS: "text_embeds"}),
-    ("kv_projector", {TEXT_EMBEDS: "text_embeds"}, {KV: "kv"}),
+    # text_encoder + kv_projector behind the shared cache (they stay entries: conditioning calls them through BLS)
+    (CONDITIONING_MODEL, {INPUT_IDS: "input_ids"}, {KV: "kv"}),
     (
         "scheduler",
         {KV: "kv", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
@@ -156,12 +159,23 @@ def ensemble_inputs() -> list[TensorDef]:
 def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:
     """Relative path -> file content for every generated file of a repository serving ``family``."""
     files: dict[str, str] = {}
+    slot_names = {slot.role: slot.name for slot in get_family(family).slots(experts)}
     python_entries = {
         "preprocess": (
             "preprocess",
             ensemble_inputs(),
             [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1))] + RESOLVED,
             {"safety_filter": SAFETY_FILTER_FILE, "safety_filter_enabled": "true"},
+        ),
+        CONDITIONING_MODEL: (
+            "conditioning",
+            [TensorDef(INPUT_IDS, "TYPE_INT64", (-1, -1))],
+            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))],
+            {
+                "cache_bytes": str(CONDITIONING_CACHE_BYTES),
+                "text_encoder": slot_names[TEXT_ENCODER],
+                "kv_projector": slot_names[KV_PROJECTOR],
+            },
         ),
         "scheduler": (
             "scheduler",

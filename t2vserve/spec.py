@@ -40,6 +40,13 @@ SCHEDULER_INSTANCES = 4
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000
 
+#: The Python BLS entry that turns INPUT_IDS into the packed K/V, through a cache (``triton_models/conditioning.py``).
+CONDITIONING_MODEL = "conditioning"
+#: Its default byte budget (config parameter ``cache_bytes``; 0 turns the cache off). One text's K/V is
+#: ``text_max_length x kv_width x 4`` bytes: tiny unet3d about 0.1 MB, ModelScope 7.7 MB, Wan2.2-5B 377 MB.
+CONDITIONING_CACHE_BYTES = 2 * 2**30
+#: Token rows whose K/V is pinned in that cache (the default negative prompt), written by export next to it.
+PINNED_TEXTS_FILE = "pinned_texts.json"
 #: The prompt filter's term lists (``t2vserve.safety``): ``preprocess``'s config parameter ``safety_filter``.
 SAFETY_FILTER_FILE = "safety_filter.json"
 
