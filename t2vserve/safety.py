@@ -96,11 +96,12 @@ class Category:
         compiled = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)") if normalized else None
         return cls(name, compiled, tuple(t.replace(" ", "") for t in normalized), tuple(re.compile(p) for p in patterns))
 
-    def matches(self, forms: tuple[str, str, str]) -> bool:
-        folded, words, leet = forms
+    def matches(self, forms: tuple[str, str, str], runs: list[str]) -> bool:
+        """``forms``: ``normalized_forms`` of the text; ``runs``: its spaced-out runs, joined."""
+        _, words, leet = forms
         if self.terms is not None and any(self.terms.search(form) for form in (words, leet)):
             return True
-        if any(term in run for run in spaced_runs(words) + spaced_runs(leet) for term in self.squashed_terms):
+        if any(term in run for run in runs for term in self.squashed_terms):
             return True
         return any(pattern.search(form) for pattern in self.patterns for form in forms)
 
@@ -124,7 +125,8 @@ class PromptFilter:
 
     def category_of(self, text: str) -> str | None:
         forms = normalized_forms(text)
-        return next((category.name for category in self.categories if category.matches(forms)), None)
+        runs = spaced_runs(forms[1]) + spaced_runs(forms[2])
+        return next((category.name for category in self.categories if category.matches(forms, runs)), None)
 
     def check(self, prompt: str) -> None:
         """Raise ContentRefused (INVALID_ARG naming PROMPT and the category) if ``prompt`` matches."""
