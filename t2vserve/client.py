@@ -58,6 +58,7 @@ class GenerationRequest:
     sampler: str | None = None
     time_limit_s: float | None = None
     preview_every: int | None = None  # t2v_stream only (``T2VClient.stream``): a preview every N steps
+    preset: str | None = None  # quality tier: draft | standard | final (explicit parameters override it)
 
     def tensors(self, parameters: Sequence[Parameter] = PARAMETERS) -> dict[str, np.ndarray]:
         """Input arrays by input name, only for the ``parameters`` that are set."""
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--previews", type=Path, default=None, help="save preview frames as DIR/step-NNN.png (gRPC)")
     parser.add_argument("--preview-every", type=int, default=None, help="with --previews: a preview every N steps (default 1)")
     parser.add_argument("--no-stream", action="store_true", help="call the t2v ensemble: no progress bar, only elapsed time")
+    parser.add_argument("--preset", default=None, help="quality tier: draft | standard (default) | final; explicit parameters override it")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")

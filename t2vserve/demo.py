@@ -24,7 +24,7 @@ from .train.fit import TRAIN_LOG
 from .families import DEFAULT_FAMILY, FAMILIES, get_family
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
 from .quality.adherence import matches, read_clip
-from .spec import DENOISER
+from .spec import CONDITIONING_MODEL, DENOISER
 from .train.samples import strip
 from .train.world import DEMO_PROMPT, parse_prompt
 from .video import decode_mp4
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     timings.append(("export ONNX (+ INT8 tracks)", time.perf_counter() - start))
     slots = get_family(args.model).slots_of(geometry)
     denoisers = [slot.name for slot in slots if slot.role == DENOISER]
-    names = [slot.name for slot in slots]  # text encoder, K/V projector, denoisers, VAE decoder
-    stages = ["preprocess", *names[:2], "scheduler", *names[2:], "postprocess", "t2v"]
+    names = [slot.name for slot in slots]  # text encoder, K/V projector (behind the conditioning cache), denoisers, VAE decoder
+    stages = ["preprocess", CONDITIONING_MODEL, *names[:2], "scheduler", *names[2:], "postprocess", "t2v"]
 
     log_path = REPO_ROOT / "outputs" / "tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

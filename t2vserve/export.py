@@ -28,7 +28,8 @@ from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize
 from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
-from .spec import GEOMETRY_FILE, PRESETS, STREAM_MODEL, ModelGeometry
+from .params import tokenize_pair
+from .spec import CONDITIONING_MODEL, GEOMETRY_FILE, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 
@@ -137,12 +138,18 @@ def export_model(
 
 
 def _write_serving_metadata(components, geometry: ModelGeometry, repository: Path) -> None:
-    """Tokenizer for preprocess, geometry (presets, K/V layout, scheduler config) for preprocess/scheduler."""
+    """Tokenizer for preprocess, geometry (presets, K/V layout, scheduler config) for preprocess/scheduler,
+    the default negative prompt's token ids for conditioning (its K/V is pinned in the cache)."""
     tokenizer_dir = repository / "preprocess" / "1" / "tokenizer"
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     components.tokenizer.save_pretrained(str(tokenizer_dir))
     for entry in GEOMETRY_ENTRIES:
         (repository / entry / "1" / GEOMETRY_FILE).write_text(geometry.to_json())
+    negative = geometry.presets.negative_prompt
+    clean = get_family(geometry.family).clean_prompt
+    negative_ids = tokenize_pair(components.tokenizer, "", negative, geometry.text_max_length, clean)[0]
+    pinned = {"default negative prompt": negative_ids.tolist()}
+    (repository / CONDITIONING_MODEL / "1" / PINNED_TEXTS_FILE).write_text(json.dumps(pinned))
 
 
 def write_preview(components: Any, geometry: ModelGeometry, repository: Path) -> LatentPreview:

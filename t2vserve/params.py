@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, ModelGeometry, Range, time_limit_range
+from .spec import DEFAULT_TIER, MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, QUALITY_TIERS, ModelGeometry, Range, time_limit_range
 
 
 class ParameterError(ValueError):
@@ -110,12 +110,14 @@ def _number(name: str, value: np.ndarray | None, default: Any, allowed: Range, c
 def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_time_limit_s: float = MAX_TIME_LIMIT_S) -> ResolvedRequest:
     """Validate raw input arrays (missing optional inputs are None) against the model's ranges.
 
+    PRESET (a quality tier, spec.QUALITY_TIERS) picks the defaults; explicit parameters override them.
     ``max_time_limit_s``: the server's largest TIME_LIMIT_S, also its default.
     """
     unknown = set(inputs) - {p.name for p in PARAMETERS}
     if unknown:
         raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
-    ranges, defaults = geometry.ranges(), geometry.defaults()
+    tier = _choice("PRESET", inputs.get("PRESET"), DEFAULT_TIER, tuple(QUALITY_TIERS))
+    ranges, defaults = geometry.ranges(), geometry.defaults(tier)
     seed, negative = inputs.get("SEED"), inputs.get("NEGATIVE_PROMPT")
     return ResolvedRequest(
         prompt=_text("PROMPT", inputs.get("PROMPT"), required=True),
@@ -127,7 +129,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
         num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
-        precision=_choice("PRECISION", inputs.get("PRECISION"), geometry.default_precision, tuple(geometry.tracks)),
+        precision=_choice("PRECISION", inputs.get("PRECISION"), defaults["PRECISION"], tuple(geometry.tracks)),
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
     )

@@ -20,11 +20,14 @@ from pathlib import Path
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
 from .spec import (
+    CONDITIONING_CACHE_BYTES,
+    CONDITIONING_MODEL,
     DEADLINE,
     ELAPSED_S,
     FRAMES,
     INPUT_IDS,
     KV,
+    KV_PROJECTOR,
     LATENTS,
     MAX_TIME_LIMIT_S,
     MP4,
@@ -32,11 +35,12 @@ from .spec import (
     PREVIEW,
     REMAINING_S,
     RESOLVED_PARAMETERS,
+    SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
     STEP,
     STREAM_MODEL,
     STREAM_PARAMETERS,
-    TEXT_EMBEDS,
+    TEXT_ENCODER,
     TOTAL_STEPS,
     VIDEO,
 )
@@ -129,8 +133,8 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
         {p.name: p.name for p in PARAMETERS},
         {INPUT_IDS: "input_ids", DEADLINE: "deadline", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
     ),
-    ("text_encoder", {INPUT_IDS: "input_ids"}, {TEXT_EMBEDS: "text_embeds"}),
-    ("kv_projector", {TEXT_EMBEDS: "text_embeds"}, {KV: "kv"}),
+    # text_encoder + kv_projector behind the shared cache (they stay entries: conditioning calls them through BLS)
+    (CONDITIONING_MODEL, {INPUT_IDS: "input_ids"}, {KV: "kv"}),
     (
         "scheduler",
         {KV: "kv", DEADLINE: "deadline", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
@@ -186,12 +190,23 @@ def stream_inputs() -> list[TensorDef]:
 def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:
     """Relative path -> file content for every generated file of a repository serving ``family``."""
     files: dict[str, str] = {}
+    slot_names = {slot.role: slot.name for slot in get_family(family).slots(experts)}
     python_entries = {
         "preprocess": (
             "preprocess",
             ensemble_inputs(),
             [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,))] + RESOLVED,
-            {"max_time_limit_s": f"{MAX_TIME_LIMIT_S:g}"},
+            {"max_time_limit_s": f"{MAX_TIME_LIMIT_S:g}", "safety_filter": SAFETY_FILTER_FILE, "safety_filter_enabled": "true"},
+        ),
+        CONDITIONING_MODEL: (
+            "conditioning",
+            [TensorDef(INPUT_IDS, "TYPE_INT64", (-1, -1))],
+            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1))],
+            {
+                "cache_bytes": str(CONDITIONING_CACHE_BYTES),
+                "text_encoder": slot_names[TEXT_ENCODER],
+                "kv_projector": slot_names[KV_PROJECTOR],
+            },
         ),
         "scheduler": (
             "scheduler",
@@ -204,7 +219,7 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
             "postprocess",
             [TensorDef(FRAMES, "TYPE_FP32", (-1, 3, -1, -1)), TensorDef("FPS", "TYPE_INT32", (1,))],
             [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,))],
-            {},
+            {"output_check": "none"},
         ),
     }
     for name, (module, inputs, outputs, params) in python_entries.items():

@@ -110,6 +110,11 @@ class EmbeddedTritonServer:
     def grpc_url(self) -> str:
         return f"{connect_host(self.host)}:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus text of Triton's metrics and the models' custom ones (e.g. the conditioning cache)."""
+        return f"http://{connect_host(self.host)}:{self.metrics_port}/metrics"
+
     def command(self) -> list[str]:
         root = _pytriton_root()
         if self._backend_dir is None:

@@ -7,6 +7,7 @@ nothing else restates a range, a default or a tensor name.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ STREAM_CONCURRENCY = SCHEDULER_INSTANCES
 #: ``max_time_limit_s`` (an operator may lower or raise it there); the shortest limit a request may ask for.
 MAX_TIME_LIMIT_S = 3600.0
 MIN_TIME_LIMIT_S = 0.1
+#: The Python BLS entry that turns INPUT_IDS into the packed K/V, through a cache (``triton_models/conditioning.py``).
+CONDITIONING_MODEL = "conditioning"
+#: Its default byte budget (config parameter ``cache_bytes``; 0 turns the cache off). One text's K/V is
+#: ``text_max_length x kv_width x 4`` bytes: tiny unet3d about 0.1 MB, ModelScope 7.7 MB, Wan2.2-5B 377 MB.
+CONDITIONING_CACHE_BYTES = 2 * 2**30
+#: Token rows whose K/V is pinned in that cache (the default negative prompt), written by export next to it.
+PINNED_TEXTS_FILE = "pinned_texts.json"
+#: The prompt filter's term lists (``t2vserve.safety``): ``preprocess``'s config parameter ``safety_filter``.
+SAFETY_FILTER_FILE = "safety_filter.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +89,13 @@ class Range:
     def contains(self, value: float) -> bool:
         on_grid = self.multiple_of <= 1 or int(value) % self.multiple_of == self.remainder
         return self.low <= value <= self.high and on_grid
+
+    def nearest(self, value: float) -> int:
+        """The allowed integer closest to ``value`` (halves round up), clamped into the range."""
+        step = max(self.multiple_of, 1)
+        low, high = self.grid_values()
+        snapped = self.remainder + math.floor((value - self.remainder) / step + 0.5) * step
+        return int(min(max(snapped, low), high))
 
     def grid_values(self) -> tuple[int, int]:
         """Smallest and largest allowed value."""
@@ -129,6 +146,41 @@ PRESETS: dict[str, Preset] = {
     "wan22-720p": Preset("wan22-720p", "wan22", 704, 1280, 121, 24, 50, 5.0, (256, 736), (256, 1280), (5, 121), "unipc", WAN_NEGATIVE_PROMPT),
 }
 
+# --------------------------------------------------------------------------------------------------
+# Quality tiers: the request parameter PRESET (draft / standard / final)
+# --------------------------------------------------------------------------------------------------
+#: PRECISION tracks that are quantized (a draft runs one where the model has it).
+QUANTIZED_TRACKS = ("int8",)
+
+
+@dataclass(frozen=True)
+class QualityTier:
+    """One value of the request parameter PRESET: one choice of resolution, frames, steps, track and step caching.
+
+    Not a ``Preset`` (a model's geometry: tiny, modelscope, wan22-480p): a tier is relative to the
+    served model's preset, so every family and size gets concrete values inside its ranges
+    (``ModelGeometry.defaults(tier)``). Explicit request parameters override what the tier sets.
+    """
+
+    name: str
+    resolution_scale: float  # of the preset's height and width (aspect kept, snapped to the model's grid and range)
+    frames_scale: float  # of the preset's frames (1.0: a draft previews the final clip's length)
+    steps_scale: float  # of the preset's steps, rounded, inside STEPS_RANGE
+    precision: str  # "quantized": a QUANTIZED_TRACKS track where the model has one | "default" | "full": a non-quantized track
+    step_cache_threshold: float = 0.0  # step caching (reuse a denoiser output while inputs barely change): 0 = off; not wired yet
+    doc: str = ""
+
+
+QUALITY_TIERS: dict[str, QualityTier] = {
+    tier.name: tier
+    for tier in (
+        QualityTier("draft", 0.5, 1.0, 0.5, "quantized", doc="low latency: half the height and width, half the steps, quantized track"),
+        QualityTier("standard", 1.0, 1.0, 1.0, "default", doc="the model preset's defaults (what a request without PRESET gets)"),
+        QualityTier("final", 1.0, 1.0, 1.5, "full", doc="quality: 1.5x the steps on the full-precision track"),
+    )
+}
+DEFAULT_TIER = "standard"
+
 STEPS_RANGE = Range(1, 100)
 GUIDANCE_RANGE = Range(1.0, 30.0)
 SEED_RANGE = Range(0, 2**63 - 1)
@@ -165,6 +217,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp16; wan22: bf16)"),
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
+    Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),
 )
 
 #: Inputs of the streaming entry ``t2v_stream`` beyond PARAMETERS (validated by the stream model itself).
@@ -294,16 +347,30 @@ class ModelGeometry:
             "FPS": FPS_RANGE,
         }
 
-    def defaults(self) -> dict[str, float]:
-        preset = self.presets
+    def defaults(self, tier: str = DEFAULT_TIER) -> dict[str, Any]:
+        """Default of every numeric parameter and PRECISION under quality tier ``tier`` (request PRESET)."""
+        preset, chosen, ranges = self.presets, QUALITY_TIERS[tier], self.ranges()
+        # one scale for both sides keeps the aspect ratio; raised where a side would fall below its range
+        height, width = ranges["HEIGHT"], ranges["WIDTH"]
+        scale = max(chosen.resolution_scale, height.grid_values()[0] / preset.height, width.grid_values()[0] / preset.width)
         return {
-            "STEPS": preset.steps,
+            "STEPS": STEPS_RANGE.nearest(preset.steps * chosen.steps_scale),
             "GUIDANCE_SCALE": preset.guidance_scale,
-            "HEIGHT": preset.height,
-            "WIDTH": preset.width,
-            "NUM_FRAMES": preset.num_frames,
+            "HEIGHT": height.nearest(preset.height * scale),
+            "WIDTH": width.nearest(preset.width * scale),
+            "NUM_FRAMES": ranges["NUM_FRAMES"].nearest(preset.num_frames * chosen.frames_scale),
             "FPS": preset.fps,
+            "PRECISION": self.tier_precision(chosen.precision),
         }
+
+    def tier_precision(self, choice: str) -> str:
+        """The PRECISION track a tier's ``precision`` choice means for this model (its default where it has no such track)."""
+        if choice == "default":
+            return self.default_precision
+        if choice not in ("quantized", "full"):
+            raise ValueError(f"unknown tier precision {choice!r}; known: quantized, default, full")
+        quantized = choice == "quantized"
+        return next((track for track in self.tracks if (track in QUANTIZED_TRACKS) == quantized), self.default_precision)
 
     def latent_frames(self, num_frames: int) -> int:
         factor = self.vae_temporal_factor

@@ -1,7 +1,9 @@
-"""``preprocess``: validate and default the request parameters, tokenize prompt and negative prompt.
+"""``preprocess``: validate and default the request parameters, filter the prompt, tokenize prompt and negative prompt.
 
 It also starts the request's clock: DEADLINE is its arrival time plus TIME_LIMIT_S (default and
 maximum: the config parameter ``max_time_limit_s``), checked by the denoising loop at every step.
+Config parameters: ``safety_filter`` (the prompt filter's file, ``t2vserve.safety.find_filter_file``)
+and ``safety_filter_enabled`` (``false``: no filter, for research deployments).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import triton_python_backend_utils as pb_utils
 
 from ..families import get_family
 from ..params import resolve, tokenize_pair
-from ..spec import DEADLINE, GEOMETRY_FILE, INPUT_IDS, MAX_TIME_LIMIT_S, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, ModelGeometry
+from ..safety import configured_filter
+from ..spec import DEADLINE, GEOMETRY_FILE, INPUT_IDS, MAX_TIME_LIMIT_S, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, SAFETY_FILTER_FILE, ModelGeometry
 from .common import config_parameter, error_response, model_config, optional_input, version_dir
-
 
 
 class TritonPythonModel:
@@ -25,7 +27,11 @@ class TritonPythonModel:
         family = get_family(self.geometry.family)
         self.clean = family.clean_prompt
         self.tokenizer = family.load_tokenizer(directory / "tokenizer")
-        self.max_time_limit_s = float(config_parameter(model_config(args), "max_time_limit_s", str(MAX_TIME_LIMIT_S)))
+        config = model_config(args)
+        self.max_time_limit_s = float(config_parameter(config, "max_time_limit_s", str(MAX_TIME_LIMIT_S)))
+        self.prompt_filter = configured_filter(
+            config_parameter(config, "safety_filter", SAFETY_FILTER_FILE), config_parameter(config, "safety_filter_enabled", "true"), directory
+        )
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -35,6 +41,8 @@ class TritonPythonModel:
             arrival = time.time()
             raw = {p.name: optional_input(request, p.name) for p in PARAMETERS}
             resolved = resolve({k: v for k, v in raw.items() if v is not None}, self.geometry, self.max_time_limit_s)
+            if self.prompt_filter is not None:
+                self.prompt_filter.check(resolved.prompt)
             ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length, self.clean)
             outputs = [pb_utils.Tensor(INPUT_IDS, ids), pb_utils.Tensor(DEADLINE, np.array([arrival + resolved.time_limit_s]))]
             for name, value in resolved.resolved().items():

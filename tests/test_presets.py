@@ -1,0 +1,110 @@
+"""Quality tiers (request PRESET draft / standard / final): concrete for every model preset, overridable, served."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from t2vserve.client import GenerationRequest
+from t2vserve.demo import stage_times
+from t2vserve.families import get_family
+from t2vserve.params import ParameterError, resolve
+from t2vserve.settings import REPO_ROOT
+from t2vserve.spec import PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
+
+#: Pixel multiples (VAE scale x denoiser downsampling) each family's models have, and its VAE's temporal factor.
+FAMILY_GRIDS = {"unet3d": ((8, 64), 1), "wan22": ((16, 32), 4)}
+
+
+def _geometry(preset: str, multiple: int) -> ModelGeometry:
+    family = get_family(PRESETS[preset].family)
+    temporal = FAMILY_GRIDS[family.name][1]
+    return ModelGeometry(family.name, preset, 4, multiple, 1, 1.0, 77, 32, 100, KVLayout(()), family.tracks(),
+                         family.default_precision, ["ddim"], vae_temporal_factor=temporal)
+
+
+GEOMETRIES = [(preset, m) for preset, p in PRESETS.items() for m in FAMILY_GRIDS[p.family][0]]
+
+
+@pytest.mark.parametrize("preset,multiple", GEOMETRIES)
+def test_every_tier_is_concrete_and_inside_the_model_ranges(preset: str, multiple: int) -> None:
+    geometry, model = _geometry(preset, multiple), PRESETS[preset]
+    ranges = geometry.ranges()
+    tiers = {name: geometry.defaults(name) for name in QUALITY_TIERS}
+    for name, values in tiers.items():
+        for parameter in ("STEPS", "HEIGHT", "WIDTH", "NUM_FRAMES", "FPS"):
+            assert ranges[parameter].contains(values[parameter]), (name, parameter, values[parameter])
+        assert values["PRECISION"] in geometry.tracks
+    standard, draft, final = tiers["standard"], tiers["draft"], tiers["final"]
+    assert (standard["HEIGHT"], standard["WIDTH"], standard["NUM_FRAMES"], standard["STEPS"]) == (
+        model.height, model.width, model.num_frames, model.steps)
+    assert standard["PRECISION"] == geometry.default_precision
+    assert draft["STEPS"] < standard["STEPS"] < final["STEPS"]
+    assert draft["HEIGHT"] * draft["WIDTH"] <= standard["HEIGHT"] * standard["WIDTH"] == final["HEIGHT"] * final["WIDTH"]
+    # the draft keeps the aspect ratio within one grid step
+    assert abs(draft["WIDTH"] / draft["HEIGHT"] - model.width / model.height) <= multiple / draft["HEIGHT"]
+
+
+def test_large_models_draft_at_360p_class() -> None:
+    assert _geometry("wan22-720p", 32).defaults("draft")["HEIGHT"] == 352
+    assert _geometry("wan22-480p", 32).defaults("draft")["HEIGHT"] == 256  # the model's smallest height
+
+
+#: The pixel multiple of each model preset's shipped or reference model (README: Parameters).
+README_MULTIPLES = {"tiny": 8, "modelscope": 64, "wan22-tiny": 32, "wan22-480p": 32, "wan22-720p": 32}
+
+
+def test_readme_tier_table_states_what_spec_computes() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for preset, multiple in README_MULTIPLES.items():
+        values = [_geometry(preset, multiple).defaults(tier) for tier in QUALITY_TIERS]
+        cells = [f"{v['HEIGHT']}x{v['WIDTH']}, {v['NUM_FRAMES']} frames, {v['STEPS']} steps, {v['PRECISION']}" for v in values]
+        assert f"| `{preset}` | " + " | ".join(cells) + " |" in readme, preset
+    assert set(README_MULTIPLES) == set(PRESETS)
+
+
+def test_draft_runs_the_quantized_track_final_the_full_one() -> None:
+    unet3d, wan22 = _geometry("modelscope", 64), _geometry("wan22-480p", 32)
+    assert [unet3d.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "int8", "fp16"]
+    assert [wan22.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["bf16"] * 3  # no quantized track
+    assert "fp16" not in QUANTIZED_TRACKS and all(tier.step_cache_threshold == 0.0 for tier in QUALITY_TIERS.values())
+
+
+def _prompt(**extra) -> dict[str, np.ndarray]:
+    arrays = {"PROMPT": np.array([b"a cat"], dtype=object)}
+    for name, value in extra.items():
+        arrays[name] = np.array([value], dtype=object if isinstance(value, bytes) else np.int32)
+    return arrays
+
+
+def test_explicit_parameters_override_the_tier(geometry) -> None:
+    draft = geometry.defaults("draft")
+    resolved = resolve(_prompt(PRESET=b"draft"), geometry)
+    assert (resolved.height, resolved.width, resolved.steps, resolved.precision) == (
+        draft["HEIGHT"], draft["WIDTH"], draft["STEPS"], draft["PRECISION"])
+    overridden = resolve(_prompt(PRESET=b"draft", STEPS=7, PRECISION=b"fp16"), geometry)
+    assert (overridden.steps, overridden.precision, overridden.height) == (7, "fp16", draft["HEIGHT"])
+    assert resolve(_prompt(SEED=5), geometry) == resolve(_prompt(PRESET=b"standard", SEED=5), geometry)  # no PRESET: standard
+
+
+def test_unknown_preset_is_refused_naming_the_allowed_tiers(geometry) -> None:
+    with pytest.raises(ParameterError, match="PRESET: 'ultra' is not allowed; allowed: draft, standard, final"):
+        resolve(_prompt(PRESET=b"ultra"), geometry)
+
+
+def test_served_tiers_route_and_size_the_clip(server, grpc_client, geometry) -> None:
+    """draft: its resolution and steps on the quantized UNet; final (steps overridden): the full-precision UNet."""
+    draft = geometry.defaults("draft")
+    before = stage_times(server.grpc_url)
+    clip = grpc_client.generate(GenerationRequest("a blue ball bouncing", seed=2, preset="draft"))
+    after_draft = stage_times(server.grpc_url)
+    grpc_client.generate(GenerationRequest("a blue ball bouncing", seed=2, preset="final", steps=2))
+    after_final = stage_times(server.grpc_url)
+    assert clip.video.shape == (draft["NUM_FRAMES"], draft["HEIGHT"], draft["WIDTH"], 3)
+    assert after_draft["unet_int8"][0] - before["unet_int8"][0] == draft["STEPS"] and after_draft["unet"][0] == before["unet"][0]
+    assert after_final["unet"][0] - after_draft["unet"][0] == 2 and after_final["unet_int8"][0] == after_draft["unet_int8"][0]
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.generate(GenerationRequest("a cat", preset="ultra"))
+    assert str(info.value.status()) == "StatusCode.INVALID_ARGUMENT"
+    assert "PRESET: 'ultra' is not allowed; allowed: draft, standard, final" in info.value.message()
