@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
 from .previews import PREVIEW_FILE, LatentPreview, fit_preview
-from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_unet, weight_bytes
+from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, finish_qdq_graph, quantize_module, weight_bytes
 from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
@@ -35,9 +36,15 @@ log = logging.getLogger("t2vserve.export")
 
 #: fp32 ONNX Runtime vs torch on random inputs: max abs difference allowed per graph.
 ONNX_TOLERANCE = 1e-4
+#: A Q/DQ graph under ONNX Runtime must be as far from the floating-point module as the ModelOpt-quantized
+#: torch module is (mean absolute difference), within this band: below it the graph lost its quantizers,
+#: above it the graph computes something else. Not ONNX Runtime vs quantized torch directly: a quantized
+#: UNet is chaotic at the rounding boundaries (a 1e-6 change of its input moves the output as much as
+#: quantization itself, measured), so two correct executions differ by about the quantization error.
+QDQ_ERROR_BAND = (0.5, 1.5)
 #: Entries that need the geometry file (``preprocess`` also gets the tokenizer, ``t2v_stream`` the preview decoder).
 GEOMETRY_ENTRIES = ("preprocess", "scheduler", STREAM_MODEL)
-#: Written next to an INT8 denoiser: recipe, calibration and weight sizes.
+#: Written next to a quantized denoiser: recipe, calibration, layer counts, weight sizes and its ONNX check.
 QUANTIZATION_REPORT = "quantization.json"
 
 
@@ -98,12 +105,13 @@ def export_model(
     calibration_prompts: int | None = None,
     onnx: bool = True,
     only: list[str] | None = None,
+    calibration_method: str | None = None,
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
-    The preset names the family. INT8 slots (``quantized_from``) are quantized from their source
-    slot's ONNX with ``recipe`` (default: data/recipes/unet_int8.json), calibrated on the first
-    ``calibration_prompts`` prompts (all: None). ``onnx=False`` writes only configs and metadata:
+    The preset names the family. Quantized slots (``quantized_from``) are their source slot's module
+    quantized with ModelOpt by ``recipe`` (default: the slot's declared recipe; ``calibration_method``
+    overrides its method), calibrated on the first ``calibration_prompts`` prompts (all: None). ``onnx=False`` writes only configs and metadata:
     enough for the torch runner, which loads the diffusers directory itself (``source.json``).
     ``only``: export just these slots' ONNX (full-size checks one graph at a time on a small disk).
     """
@@ -129,7 +137,8 @@ def export_model(
                 export_slot(slot, components, geometry, repository / slot.name / "1" / "model.onnx", check)
         for slot in slots:
             if slot.quantized_from is not None:
-                quantize_int8(slot, components, geometry, repository, recipe or Recipe.load(), calibration_prompts)
+                slot_recipe = recipe or Recipe.load(str(slot.recipe))
+                quantize_slot(slot, components, geometry, repository, slot_recipe.with_method(calibration_method or slot_recipe.method), calibration_prompts)
     _write_serving_metadata(components, geometry, repository)
     if onnx:  # the fit decodes with the real weights; metadata-only components have none (no previews then)
         write_preview(components, geometry, repository)
@@ -162,23 +171,58 @@ def write_preview(components: Any, geometry: ModelGeometry, repository: Path) ->
     return preview
 
 
-def quantize_int8(slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
-    """Calibrate on captured sampler trajectories, write the INT8 slot's Q/DQ ONNX and its size report."""
+def quantize_slot(slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
+    """Calibrate the source module on captured sampler trajectories, write the slot's Q/DQ ONNX and its report."""
     from .pipeline import InProcessPipeline
 
+    start = time.perf_counter()
     calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompts)
-    fp_path = repository / str(slot.quantized_from) / "1" / "model.onnx"
-    int8_path = quantize_unet(fp_path, repository / slot.name / "1" / "model.onnx", calibration, recipe)
-    fp, int8 = weight_bytes(fp_path), weight_bytes(int8_path)
+    source = slot.onnx_module(components, geometry).eval()
+    quantized, summary = quantize_module(source, recipe, calibration)
+    path = repository / slot.name / "1" / "model.onnx"
+    family = get_family(geometry.family)
+    export_graph(slot.name, quantized, slot.example_inputs(family.example_values(geometry), geometry.vocab_size), slot.output_names, slot.dynamic_axes(), path)
+    counts = finish_qdq_graph(path)
+    inputs = slot.example_inputs(family.example_values(geometry, grow=1), geometry.vocab_size, seed=1)
+    check = _qdq_check(source, quantized, path, inputs, slot.output_names)
+    ratio = check["mean_abs_onnxruntime_vs_float"] / check["mean_abs_quantized_vs_float"]
+    log.info("checked %s: mean |onnxruntime Q/DQ - float torch| = %.2e, %.2f x that of the quantized torch module",
+             slot.name, check["mean_abs_onnxruntime_vs_float"], ratio)
+    if not QDQ_ERROR_BAND[0] <= ratio <= QDQ_ERROR_BAND[1]:
+        raise RuntimeError(f"{slot.name}: the Q/DQ graph's error is {ratio:.2f} x the quantized module's, outside {QDQ_ERROR_BAND}: {check}")
+    fp, quant = weight_bytes(repository / str(slot.quantized_from) / "1" / "model.onnx"), weight_bytes(path)
     report = {
         "recipe": recipe.name,
-        "calibration_method": recipe.calibration["method"],
+        "format": recipe.format,
+        "calibration_method": recipe.method,
         "calibration_samples": len(calibration),
-        "weight_bytes": {"fp32": fp["stored"], "fp16": fp["fp16_equivalent"], "int8": int8["stored"]},
+        "quantized_layers": summary.quantized_layers,
+        "kept_floating_point_layers": summary.kept_layers,
+        "unused_layers": summary.unused_layers,
+        "qdq": counts,
+        "check": check,
+        "weight_bytes": {"fp32": fp["stored"], "fp16": fp["fp16_equivalent"], recipe.format: quant["stored"]},
+        "seconds": round(time.perf_counter() - start, 1),
     }
-    (int8_path.parent / QUANTIZATION_REPORT).write_text(json.dumps(report, indent=2))
-    log.info("INT8 denoiser weights %.2f MB vs FP16 %.2f MB vs FP32 %.2f MB", int8["stored"] / 1e6, fp["fp16_equivalent"] / 1e6, fp["stored"] / 1e6)
+    (path.parent / QUANTIZATION_REPORT).write_text(json.dumps(report, indent=2))
+    log.info("%s denoiser weights %.2f MB vs FP16 %.2f MB vs FP32 %.2f MB", recipe.format.upper(), quant["stored"] / 1e6, fp["fp16_equivalent"] / 1e6, fp["stored"] / 1e6)
     return report
+
+
+def _qdq_check(source: torch.nn.Module, quantized: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], output_names: list[str]) -> dict[str, float]:
+    """Mean/max absolute differences of ONNX Runtime on the Q/DQ graph and of the quantized torch module
+    from the floating-point module, and from each other."""
+    from .onnx_export import onnxruntime_session
+
+    with torch.no_grad():
+        reference, fake = (m(*inputs.values()).float().numpy() for m in (source, quantized))
+    (onnx_out,) = onnxruntime_session(path).run(output_names[:1], {k: v.numpy() for k, v in inputs.items()})
+    pairs = {"onnxruntime_vs_float": (onnx_out, reference), "quantized_vs_float": (fake, reference), "onnxruntime_vs_quantized": (onnx_out, fake)}
+    check = {}
+    for name, (a, b) in pairs.items():
+        check[f"mean_abs_{name}"] = float(np.abs(a - b).mean())
+        check[f"max_abs_{name}"] = float(np.abs(a - b).max())
+    return check
 
 
 def quiet_libraries() -> None:
@@ -213,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--tiny-dir", type=Path, default=None, help="a diffusers directory to use as the demo model (built as the tiny random model if absent)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
-    parser.add_argument("--int8-recipe", type=Path, default=None, help="precision recipe JSON (default: the project's)")
+    parser.add_argument("--recipe", type=Path, default=None, help="precision recipe JSON for every quantized slot (default: each slot's own)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None, help="override the recipe's")
     parser.add_argument("--calibration-prompts", type=int, default=None, help="use only the first N calibration prompts")
     parser.add_argument("--metadata-only", action="store_true", help="configs and metadata only (torch runner): no ONNX, no INT8")
@@ -223,11 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     preset = args.preset or ("tiny" if args.tiny else "modelscope")
     model_dir = demo_model_dir(PRESETS[preset].family, args.random, args.tiny_dir) if args.tiny else args.weights
-    recipe = Recipe.load(args.int8_recipe) if args.int8_recipe else Recipe.load()
-    if args.calibration_method:
-        recipe = recipe.with_method(args.calibration_method)
+    recipe = Recipe.load(args.recipe) if args.recipe else None
     only = [name.strip() for name in args.slots.split(",")] if args.slots else None
-    export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only, only)
+    export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only, only,
+                 args.calibration_method)
     return 0
 
 

@@ -95,7 +95,8 @@ class Slot:
     module: Callable[[Any], nn.Module]  # components -> the module export and the torch runner run
     precision: str = "fp16"  # TensorRT plan precision: fp16 | bf16 | fp32 | int8 (Q/DQ)
     exporter: str = "torchscript"  # torchscript | dynamo (onnxscript; TensorRT-10.5-parseable opset 18)
-    quantized_from: str | None = None  # an int8 slot's ONNX is quantized from this slot's
+    quantized_from: str | None = None  # a quantized slot's module is this slot's, quantized by ``recipe``
+    recipe: str | None = None  # data/recipes/<recipe>.json (ModelOpt precision recipe) of a quantized slot
     export_module: Callable[[Any, ModelGeometry], nn.Module] | None = None  # what ONNX export runs, when it differs
 
     def onnx_module(self, components: Any, geometry: ModelGeometry) -> nn.Module:

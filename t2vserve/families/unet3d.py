@@ -254,7 +254,7 @@ class UNet3DFamily(Family):
             Slot("text_encoder", TEXT_ENCODER, (TEXT_IDS,), (TEXT_OUT,), lambda c: TextEncoderGraph(c.text_encoder)),
             Slot("kv_projector", KV_PROJECTOR, (TEXT_OUT,), (PACKED_KV,), lambda c: KVProjector(c.unet)),
             Slot("unet", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet)),
-            Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet"),
+            Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet", recipe="unet_int8"),
             Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
         )
 

@@ -1,7 +1,8 @@
-"""Per-layer-group INT8 sensitivity: quantize one group at a time, measure the clip against FP32.
+"""Per-layer-group quantization sensitivity: quantize one group at a time, measure the clip against FP32.
 
 Finds which layers cost fidelity so the recipe (data/recipes/unet_int8.json) can keep them in
-floating point. Runs in-process with ONNX Runtime on the exported FP32 and Q/DQ graphs.
+floating point, and compares the calibration methods on the whole recipe. Runs in-process in torch
+with ModelOpt's fake quantization (the same module the Q/DQ ONNX is exported from).
 """
 
 from __future__ import annotations
@@ -11,87 +12,82 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
-from ..export import demo_model_dir, export_slot
+from ..export import demo_model_dir
 from ..families import family_of
-from .metrics import clip_metrics
-from ..onnx_export import onnxruntime_session
 from ..params import ResolvedRequest
 from ..pipeline import InProcessPipeline, Pipeline
-from ..quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantizable_groups, quantize_unet
-from ..spec import DENOISER, NOISE_PRED
+from ..quantize import CALIBRATION_METHODS, Recipe, capture_calibration, quantize_module
+from ..spec import DENOISER
+from .metrics import clip_metrics
 
 log = logging.getLogger(__name__)
 SWEEP_PROMPTS = ("a red circle moving to the left on a black background", "a purple square growing on a white background")
 
 
-class OnnxDenoiserPipeline(Pipeline):
-    """The in-process pipeline with every denoiser call on an ONNX Runtime session of ``path`` (swappable)."""
+class SwappableDenoiserPipeline(Pipeline):
+    """The in-process pipeline with every denoiser call on a module that can be swapped."""
 
-    def __init__(self, components, geometry, path: Path) -> None:
+    def __init__(self, components, geometry, denoiser: torch.nn.Module) -> None:
         modules = InProcessPipeline(components, geometry)
-        self.use(path)
+        self.denoiser = denoiser
 
         def call(name: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            if self.slots[name].role != DENOISER:
+            slot = self.slots[name]
+            if slot.role != DENOISER:
                 return modules.call(name, inputs)
-            return {NOISE_PRED: torch.from_numpy(self.session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])}
+            return {slot.output_names[0]: self.denoiser(*inputs.values())}
 
         super().__init__(geometry, components.tokenizer, call)
 
-    def use(self, path: Path) -> None:
-        self.session = onnxruntime_session(path)
+
+def layer_group(module_name: str) -> str:
+    """``unet.down_blocks.0.temp_convs.1.conv1`` -> ``down_blocks.0/temp_convs``; ``unet.mid_block...`` likewise."""
+    parts = module_name.split(".")[1:]  # drop the wrapper's "unet"
+    if len(parts) >= 3 and parts[1].isdigit():
+        return f"{parts[0]}.{parts[1]}/{parts[2]}"
+    return parts[0] if parts else module_name
 
 
-def run_sweep(model_dir: Path | None, preset: str, out: Path, work: Path, prompt_limit: int | None) -> int:
+def run_sweep(model_dir: Path | None, preset: str, out: Path, prompt_limit: int | None) -> int:
     family = family_of(preset)
     components = family.components(model_dir or demo_model_dir(family.name))
     geometry = family.geometry(components, preset)
-    int8 = next(slot for slot in family.slots_of(geometry) if slot.quantized_from)
-    source = family.slot(int8.quantized_from)
-    fp_path = export_slot(source, components, geometry, work / "unet.onnx")
-    recipe = Recipe.load()
+    slot = next(slot for slot in family.slots_of(geometry) if slot.quantized_from)
+    recipe = Recipe.load(str(slot.recipe))
+    source = slot.onnx_module(components, geometry).eval()
     calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompt_limit)
-    cache = work / f"{recipe.calibration['method']}.json"
     p = geometry.presets
     requests = [
-        ResolvedRequest(prompt, "", p.steps, p.guidance_scale, 7, p.height, p.width, p.num_frames, p.fps, geometry.default_precision, p.sampler)
+        ResolvedRequest(prompt, p.negative_prompt, p.steps, p.guidance_scale, 7, p.height, p.width, p.num_frames, p.fps, geometry.default_precision, p.sampler)
         for prompt in SWEEP_PROMPTS
     ]
-    pipeline = OnnxDenoiserPipeline(components, geometry, fp_path)
+    pipeline = SwappableDenoiserPipeline(components, geometry, source)
     references = [pipeline.generate(r) for r in requests]
 
-    def score(quantized: Path) -> tuple[float, float]:
-        pipeline.use(quantized)
+    def score(variant: Recipe, layers=None) -> tuple[int, float, float]:
+        pipeline.denoiser, summary = quantize_module(source, variant, calibration, layers)
         metrics = [clip_metrics(ref, pipeline.generate(r)) for ref, r in zip(references, requests)]
-        return float(np.mean([m["psnr_db"] for m in metrics])), float(np.mean([m["ssim"] for m in metrics]))
+        return summary.quantized_layers, float(np.mean([m["psnr_db"] for m in metrics])), float(np.mean([m["ssim"] for m in metrics]))
 
-    rows = []
-    for method in CALIBRATION_METHODS:  # the recipe's default method should measure best
-        variant = recipe.with_method(method)
-        rows.append((f"whole recipe, {method} calibration", "-", *score(quantize_unet(fp_path, work / "all.onnx", calibration, variant, work / f"{method}.json"))))
-        log.info("%s", rows[-1])
-    everything = replace(recipe, keep_floating_point=())
-    rows.append(("every Conv/MatMul/Gemm (no floating-point layers)", "-", *score(quantize_unet(fp_path, work / "all.onnx", calibration, everything, cache))))
-    log.info("%s", rows[-1])
+    rows = [(f"whole recipe, {method} calibration", *score(recipe.with_method(method))) for method in CALIBRATION_METHODS]
+    rows.append(("every Conv/Linear (no floating-point layers)", *score(replace(recipe, keep_floating_point=()))))
     head = len(rows)
-    groups = quantizable_groups(onnx.load(str(fp_path)), recipe)
-    for name, nodes in groups.items():
-        psnr, ssim = score(quantize_unet(fp_path, work / "one.onnx", calibration, recipe, cache, only_nodes=nodes))
-        rows.append((f"only {name}", str(len(nodes)), psnr, ssim))
-        log.info("only %s (%d nodes): PSNR %.2f dB, SSIM %.4f", name, len(nodes), psnr, ssim)
+    names = [name for name, module in source.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
+    for group in sorted({layer_group(name) for name in names if not recipe.keeps(name)}):
+        rows.append((f"only {group}", *score(recipe, lambda name, g=group: layer_group(name) == g)))
+        log.info("%s", rows[-1])
     lines = [
-        "# INT8 sensitivity of the UNet, per layer group",
+        "# Quantization sensitivity of the denoiser, per layer group",
         "",
-        f"Recipe `{recipe.name}`, {recipe.calibration['method']} calibration, model `{model_dir or 'tiny'}` ({preset}).",
+        f"Recipe `{recipe.name}` ({recipe.format}, {recipe.method} calibration), model `{model_dir or 'the demo model'}` ({preset}).",
         "The first rows quantize the whole recipe with each calibration method, and every quantizable layer;",
-        "then each row quantizes one group (everything else floating point) and compares the clip with the FP32",
-        f"ONNX pipeline on {len(requests)} prompts (seed 7). Lower PSNR = more sensitive. Command:",
+        "then each row quantizes one group (everything else floating point) and compares the clip with the",
+        f"floating-point pipeline on {len(requests)} prompts (seed 7). Lower PSNR = more sensitive. Command:",
         "`python -m t2vserve.quantize sweep`.",
         "",
-        "| quantized | nodes | mean PSNR (dB) | mean SSIM |",
+        "| quantized | layers | mean PSNR (dB) | mean SSIM |",
         "|---|---|---|---|",
     ]
     rows[head:] = sorted(rows[head:], key=lambda row: row[2])
