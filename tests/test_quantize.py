@@ -18,16 +18,27 @@ def int8_model(repository) -> onnx.ModelProto:
     return onnx.load(str(repository / UNET_TRACKS["int8"] / "1" / "model.onnx"))
 
 
+#: Ops between a weight's DequantizeLinear and its layer in ModelOpt's export (Linear weights are transposed).
+PASS_THROUGH = ("Transpose", "Reshape", "Cast", "Identity")
+
+
 def _weight_dequantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    """DequantizeLinear nodes whose input is an int8 initializer (a quantized weight), by consumer name."""
+    """DequantizeLinear nodes of int8 initializers (quantized weights), by the Conv/Gemm/MatMul they feed."""
     inits = {i.name: i for i in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    out = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
-            dq = producers.get(name)
-            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-                if inits[dq.input[0]].data_type == onnx.TensorProto.INT8:
+            consumers.setdefault(name, []).append(node)
+    out = {}
+    for dq in model.graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or inits[dq.input[0]].data_type != onnx.TensorProto.INT8:
+            continue
+        frontier = list(dq.output)
+        while frontier:
+            for node in consumers.get(frontier.pop(), []):
+                if node.op_type in PASS_THROUGH:
+                    frontier.extend(node.output)
+                else:
                     out[node.name] = dq
     return out
 
