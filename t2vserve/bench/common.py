@@ -107,8 +107,9 @@ def as_client_request(r: ResolvedRequest) -> GenerationRequest:
                              width=r.width, num_frames=r.num_frames, fps=r.fps, precision=r.precision, sampler=r.sampler)
 
 
-def model_stats(url: str) -> dict[str, dict[str, float]]:
-    """Per model: executions, inferences, compute and queue milliseconds (Triton's statistics API)."""
+def model_stats(url: str) -> dict[str, dict[str, Any]]:
+    """Per model: executions, inferences, compute and queue milliseconds, and per executed batch size
+    its count and compute milliseconds (Triton's statistics API)."""
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(url) as client:
@@ -121,7 +122,31 @@ def model_stats(url: str) -> dict[str, dict[str, float]]:
             "inferences": float(m.get("inference_count", 0)),
             "compute_ms": sum(float(infer.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")) / 1e6,
             "queue_ms": float(infer.get("queue", {}).get("ns", 0)) / 1e6,
+            "batches": {
+                int(b["batch_size"]): {
+                    "count": float(b.get("compute_infer", {}).get("count", 0)),
+                    "compute_ms": float(b.get("compute_infer", {}).get("ns", 0)) / 1e6,
+                }
+                for b in m.get("batch_stats", [])
+            },
         }
+    return out
+
+
+def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], clips: int) -> dict[str, dict[str, Any]]:
+    """What each model did between two ``model_stats`` snapshots, per clip (batches: totals per batch size)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        row: dict[str, Any] = {k: (now[k] - then.get(k, 0.0)) / clips for k in ("executions", "inferences", "compute_ms", "queue_ms")}
+        batches = {}
+        for size, b in now["batches"].items():
+            old = then.get("batches", {}).get(size, {"count": 0.0, "compute_ms": 0.0})
+            count = b["count"] - old["count"]
+            if count:
+                batches[size] = {"count": count, "compute_ms_each": (b["compute_ms"] - old["compute_ms"]) / count}
+        row["batches"] = batches
+        out[name] = row
     return out
 
 

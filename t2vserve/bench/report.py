@@ -52,6 +52,25 @@ def served_table(served: dict[str, Any], inprocess: float | None, diffusers: flo
         base = tp.get(1)
         ratio = f" ({tp[c] / base:.2f}x concurrency 1)" if base else ""
         lines.append(f"| throughput at concurrency {c} | {tp[c]:.3f} clips/s{ratio} |")
+    return lines + work_table(served)
+
+
+def work_table(served: dict[str, Any]) -> list[str]:
+    """Per concurrency, what the denoiser and scheduler did per clip (Triton statistics): the diagnosis of a ratio."""
+    work = {int(k): v for k, v in served.get("work_per_clip_by_concurrency", {}).items()}
+    if not work:
+        return []
+    lines = ["", "| concurrency | denoiser executions / clip | mean batch | denoiser compute / clip | denoiser queue / clip | compute per execution by batch size | scheduler compute / clip |",
+             "|---|---|---|---|---|---|---|"]
+    for c in sorted(work):
+        entries = work[c]
+        denoiser = next((e for e in served.get("denoiser_entries", []) if entries.get(e, {}).get("executions")), None)
+        if denoiser is None:
+            continue
+        d, sched = entries[denoiser], entries.get("scheduler", {})
+        sizes = ", ".join(f"b{size}: {b['count']:.0f} x {b['compute_ms_each']:.0f} ms" for size, b in sorted(d["batches"].items(), key=lambda kv: int(kv[0])))
+        lines.append(f"| {c} | {d['executions']:.1f} | {d['inferences'] / max(d['executions'], 1e-9):.2f} | {d['compute_ms'] / 1e3:.2f} s | "
+                     f"{d['queue_ms'] / 1e3:.2f} s | {sizes} | {sched.get('compute_ms', 0) / 1e3:.2f} s |")
     return lines
 
 

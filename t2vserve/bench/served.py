@@ -16,7 +16,7 @@ from typing import Any
 
 from ..client import GenerationRequest, T2VClient
 from ..server import EmbeddedTritonServer
-from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats
+from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta
 
 
 class GpuMemoryPoller:
@@ -76,12 +76,17 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         denoiser_ms = sum(per_request[e] for e in set(sum(geometry.tracks.values(), [])) if e in per_request)
         results["scheduler_overhead_per_step_ms"] = (per_request["scheduler"] - denoiser_ms) / steps
         results["denoiser_step_served_ms"] = denoiser_ms / steps
-        throughput = {}
+        throughput, work = {}, {}
         for concurrency in args.concurrency:
+            before = model_stats(server.grpc_url)
             throughput[concurrency] = load(server.grpc_url, request, concurrency, args.per_client)
-            print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s", flush=True)
+            # where the time went at this concurrency: per clip, each entry's executions, compute, queue, batch sizes
+            work[concurrency] = stats_delta(before, model_stats(server.grpc_url), concurrency * args.per_client)
+            print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s; {denoiser} per clip: {work[concurrency][denoiser]}", flush=True)
             checkpoint()
         results["throughput_clips_per_s"] = throughput
+        results["work_per_clip_by_concurrency"] = work
+        results["denoiser_entries"] = sorted(set(sum(geometry.tracks.values(), [])))
         final = model_stats(server.grpc_url)[denoiser]
         results["denoiser_mean_batch"] = final["inferences"] / max(final["executions"], 1)
         results["peak_gpu_memory_gb"] = memory.peak_mib / 1024

@@ -336,4 +336,22 @@ class UNet3DFamily(Family):
         return out_dir
 
 
+    def build_full_size_model(self, out_dir: Path, preset: str, dtype: torch.dtype, device: str, **variant: Any) -> Path:
+        """ModelScope text-to-video-ms dimensions (1.41B-parameter UNet3D, SD VAE, OpenCLIP-H-sized text encoder)
+        with random weights, saved in diffusers format: speed does not depend on the weights' values."""
+        from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from ..tiny_tokenizer import save_tiny_tokenizer
+
+        tokenizer = save_tiny_tokenizer(Path(out_dir) / "tokenizer", MODELSCOPE_TEXT["max_position_embeddings"])
+        torch.manual_seed(0)
+        with torch.device(device):
+            text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **MODELSCOPE_TEXT))
+            pipe = TextToVideoSDPipeline(vae=AutoencoderKL(**MODELSCOPE_VAE), text_encoder=text, tokenizer=tokenizer,
+                                         unet=UNet3DConditionModel(**MODELSCOPE_UNET), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+        pipe.to(dtype=dtype).save_pretrained(str(out_dir))
+        return Path(out_dir)
+
 FAMILY = UNet3DFamily()
