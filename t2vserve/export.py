@@ -123,8 +123,11 @@ def export_model(
     write_repository(repository, family.name, geometry.experts)  # configs and model.py files
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
     slots = family.slots_of(geometry)
+    # the preset's most frequent shape (TensorRT's "opt"): what a runner warms up before it is READY
+    warmup_values = {**{axis: extent.opt for axis, extent in family.extents(geometry).items()}, **family.constants(geometry)}
     for slot in slots:
-        source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts}
+        source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts,
+                  "warmup_values": warmup_values, "vocab_size": geometry.vocab_size}
         (repository / slot.name / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     if only:
         unknown = sorted(set(only) - {slot.name for slot in slots})

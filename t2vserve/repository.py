@@ -23,6 +23,7 @@ from .spec import (
     CONDITIONING_CACHE_BYTES,
     CONDITIONING_MODEL,
     DEADLINE,
+    DENOISER_QUEUE_DELAY_US,
     ELAPSED_S,
     FRAMES,
     INPUT_IDS,
@@ -93,7 +94,7 @@ def render_config(
     batched = max_batch_size > 0
     text += f"max_batch_size: {max_batch_size}\n" + _block("input", inputs, batched) + _block("output", outputs, batched)
     if batched:
-        text += "dynamic_batching { }\n"
+        text += f"dynamic_batching {{ max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US} }}\n"
     if platform != "ensemble":
         text += f"instance_group [ {{ kind: {instance_kind} count: {instance_count} }} ]\n"
     return text + _parameters(parameters or {}) + extra

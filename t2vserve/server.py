@@ -99,6 +99,7 @@ class EmbeddedTritonServer:
     cuda_memory_pool_mb: int | None = None  # GPU runners exchange clip-sized tensors through this pool
     host: str = field(default_factory=server_host)  # interface of all three ports (settings.server_host)
     extra_args: tuple[str, ...] = ()  # further tritonserver flags, appended last
+    startup_timeout_s: float = 180.0  # READY waits for the models' warm-up (torch.compile on GPU runners: minutes)
     process: "subprocess.Popen[bytes] | None" = None
     _backend_dir: Path | None = None
 
@@ -171,9 +172,10 @@ class EmbeddedTritonServer:
         )
         return self.process
 
-    def start(self, timeout_s: float = 180.0) -> "EmbeddedTritonServer":
+    def start(self, timeout_s: float | None = None) -> "EmbeddedTritonServer":
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         process = self.launch(log)
+        timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:

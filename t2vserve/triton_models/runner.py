@@ -25,6 +25,12 @@ class TritonPythonModel:
         # inputs declared with a reshape (per-sample scalars sent as [batch, 1]) reach the graph as [batch]
         self.reshapes = {t["name"]: [int(d) for d in t["reshape"].get("shape", [])] for t in config["input"] if "reshape" in t}
         self.runner = make_runner(config_parameter(config, "runner", "onnxruntime"), version_dir(args), config)
+        warm_up = getattr(self.runner, "warm_up", None)
+        if warm_up is not None and config_parameter(config, "warmup", "true") != "false":
+            seconds = warm_up()  # READY only once every batch size the batcher can form has run (compiled)
+            if seconds:
+                timings = ", ".join(f"batch {size}: {s:.1f} s" for size, s in seconds.items())
+                pb_utils.Logger.log_info(f"{args['model_name']}: warmed up ({timings})")
         # Debug (bench on the GPU machine): T2V_ASSERT_DEVICE=cuda checks every input arrives on the GPU.
         self.assert_device = os.environ.get("T2V_ASSERT_DEVICE") or None
 
