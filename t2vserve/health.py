@@ -68,7 +68,7 @@ def describe(missing: dict[str, tuple[int, int]]) -> str:
 def ready(http_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=5) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False
 

@@ -51,11 +51,15 @@ class Outcome:
     error: str | None = None
 
 
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
 def _summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Requests completed, failed, and the p50/p99 latency of the successful ones."""
     latencies = [o.latency_s for o in outcomes if o.error is None]
-    pct = lambda q: round(float(np.percentile(latencies, q)), 3) if latencies else None  # noqa: E731
     failures = sum(o.error is not None for o in outcomes)
-    return {"requests": len(outcomes), "failures": failures, "p50_s": pct(50), "p99_s": pct(99)}
+    return {"requests": len(outcomes), "failures": failures, "p50_s": _percentile(latencies, 50), "p99_s": _percentile(latencies, 99)}
 
 
 class Soak:
@@ -158,23 +162,26 @@ class Soak:
         }  # fmt: skip
 
 
+def _cell(value: Any, fmt: str = "{}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
 def table(report: dict[str, Any]) -> str:
     """The report's start/middle/end rows and total as a markdown table (requests and latency per half)."""
-    cell = lambda v, fmt="{}": "–" if v is None else fmt.format(v)  # noqa: E731
     lines = [
         "| point | elapsed (s) | requests | failures | p50 (s) | p99 (s) | tritonserver RSS (MiB) | stubs RSS (MiB) | total RSS (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["points"]:
         lines.append(
-            f"| {row['point']} | {row['elapsed_s']:.0f} | {cell(row['requests'])} | {cell(row['failures'])} "
-            f"| {cell(row['p50_s'], '{:.2f}')} | {cell(row['p99_s'], '{:.2f}')} | {row['server_rss_bytes'] / MIB:.0f} "
+            f"| {row['point']} | {row['elapsed_s']:.0f} | {_cell(row['requests'])} | {_cell(row['failures'])} "
+            f"| {_cell(row['p50_s'], '{:.2f}')} | {_cell(row['p99_s'], '{:.2f}')} | {row['server_rss_bytes'] / MIB:.0f} "
             f"| {row['stubs_rss_bytes'] / MIB:.0f} ({row['stub_count']}) | {row['total_rss_bytes'] / MIB:.0f} |"
         )
     t = report["total"]
     lines.append(
-        f"| total | {report['elapsed_s']:.0f} | {t['requests']} | {t['failures']} | {cell(t['p50_s'], '{:.2f}')} "
-        f"| {cell(t['p99_s'], '{:.2f}')} | | | {report['rss_growth_bytes'] / MIB:+.0f} (end - start) |"
+        f"| total | {report['elapsed_s']:.0f} | {t['requests']} | {t['failures']} | {_cell(t['p50_s'], '{:.2f}')} "
+        f"| {_cell(t['p99_s'], '{:.2f}')} | | | {report['rss_growth_bytes'] / MIB:+.0f} (end - start) |"
     )
     return "\n".join(lines) + "\n"
 
