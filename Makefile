@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= a red circle moving to the right on a black background
 MODEL  ?= unet3d
 
-.PHONY: help install model demo test quality sweep bench serve configs check-configs clean typecheck train-demo
+.PHONY: help install model demo test quality sweep bench soak serve configs check-configs clean typecheck train-demo
 
 help:
 	@echo "make demo    export the trained demo model, serve it on tritonserver, write outputs/demo.mp4 (+ .png strip)"
@@ -16,6 +16,7 @@ help:
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
 	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
 	@echo "make bench   CPU benchmark: in-process vs served, concurrency 1/2/4 (GPU: client/gpu_bench.sh)"
+	@echo "make soak    bounded load on a loopback server: DURATION=600 CONCURRENCY=8 -> outputs/soak.json (+ .md)"
 	@echo "make model   build + export the tiny model into model_repository/"
 	@echo "make configs regenerate model_repository/*/config.pbtxt from t2vserve/spec.py"
 
@@ -70,3 +71,15 @@ typecheck: $(TYPESTUBS)/.stamp
 
 bench: model
 	$(BIN)/python client/bench.py cpu --out outputs/bench-cpu.json
+
+# Soak: DURATION seconds of CONCURRENCY clients on a loopback tritonserver of model_repository/ (exported
+# once if it is not); SOAK_ARGS passes further flags (--steps 4, --protocol grpc, --max-failures 3).
+DURATION    ?= 600
+CONCURRENCY ?= 8
+SOAK_ARGS   ?=
+EXPORTED    := model_repository/unet/1/model.onnx
+$(EXPORTED): | $(STAMP)
+	$(BIN)/python export/export_onnx.py --tiny
+
+soak: $(STAMP) $(EXPORTED)
+	$(BIN)/python -m t2vserve.bench.soak --duration $(DURATION) --concurrency $(CONCURRENCY) --out outputs/soak.json $(SOAK_ARGS)

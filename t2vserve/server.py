@@ -7,7 +7,10 @@ stub matching the running interpreter.
 ``python -m t2vserve.server`` runs it in the foreground: SIGTERM or SIGINT to the launcher is forwarded
 to tritonserver and waited for, and tritonserver gets SIGTERM should the launcher itself die, so a
 stopped launcher never leaves a server behind. It listens on ``settings.server_host()`` (loopback
-unless ``T2V_SERVER_HOST`` or ``--host`` says otherwise).
+unless ``T2V_SERVER_HOST`` or ``--host`` says otherwise). Once the server is ready it checks every few
+seconds that each Python-backend model instance still has its stub process (``health.py``): Triton
+2.51 neither restarts a dead stub nor reports its model not ready, so the launcher stops tritonserver
+and exits ``EXIT_STUB_LOST`` for a supervisor to restart it (``--keep-serving-on-stub-loss``: don't).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from . import health
 from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, server_host
 
 __all__ = ["DEFAULT_MODEL_REPOSITORY", "REPO_ROOT", "EmbeddedTritonServer", "free_port", "main", "serve"]
@@ -213,10 +217,43 @@ class EmbeddedTritonServer:
         self.stop()
 
 
-def serve(server: EmbeddedTritonServer) -> int:
+#: Exit status of ``serve`` when it stopped tritonserver because a Python-backend stub process died.
+EXIT_STUB_LOST = 70
+STUB_CHECK_INTERVAL_S = 2.0
+
+
+class StubWatch:
+    """Whether every Python-backend instance of ``server`` still has its stub (expected counts read once ready)."""
+
+    def __init__(self, server: EmbeddedTritonServer, pid: int) -> None:
+        self.server, self.pid = server, pid
+        self.expected: dict[str, int] | None = None
+        self.next_check = 0.0
+
+    def lost(self) -> str | None:
+        """What was lost (e.g. "scheduler: 3 of 4 stub processes alive"), checked at most every STUB_CHECK_INTERVAL_S."""
+        if time.monotonic() < self.next_check:
+            return None
+        self.next_check = time.monotonic() + STUB_CHECK_INTERVAL_S
+        if self.expected is None:
+            if self.server.ready():
+                try:
+                    self.expected = health.expected_stubs(
+                        self.server.http_url, health.repository_models(self.server.model_repository)
+                    )
+                except OSError:
+                    return None  # asked again at the next check
+                print(f"ready; watching {sum(self.expected.values())} Python-backend stub processes", flush=True)
+            return None
+        missing = health.missing_stubs(self.pid, self.expected)
+        return health.describe(missing) if missing else None
+
+
+def serve(server: EmbeddedTritonServer, watch_stubs: bool = True) -> int:
     """Run ``server`` in the foreground until it exits, or until SIGTERM/SIGINT, which it forwards and waits for.
 
-    Returns tritonserver's exit status (0 after a clean shutdown on a signal).
+    Returns tritonserver's exit status (0 after a clean shutdown on a signal), or ``EXIT_STUB_LOST``
+    after stopping it because a Python-backend stub died (``watch_stubs``).
     """
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
@@ -224,11 +261,20 @@ def serve(server: EmbeddedTritonServer) -> int:
     try:
         process = server.launch(log, die_with_parent=True)
         print(f"tritonserver pid {process.pid}; listening on {server.host}", flush=True)
+        watch = StubWatch(server, process.pid) if watch_stubs else None
         while not received and process.poll() is None:
             try:
                 process.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 pass
+            lost = watch.lost() if watch is not None and process.poll() is None else None
+            if lost:
+                print(
+                    f"Python-backend stub lost ({lost}); Triton 2.51 neither restarts it nor reports the model not "
+                    "ready, so requests to it would fail: stopping tritonserver", flush=True,
+                )  # fmt: skip
+                server.stop(signal.SIGTERM)
+                return EXIT_STUB_LOST
         if received:
             print(f"signal {signal.Signals(received[0]).name}: stopping tritonserver", flush=True)
             server.stop(received[0])
@@ -255,13 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=None, help="server log file (default: stdout)")
+    parser.add_argument(
+        "--keep-serving-on-stub-loss", action="store_true",
+        help=f"do not stop tritonserver (exit {EXIT_STUB_LOST}) when a Python-backend stub process dies",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     server = EmbeddedTritonServer(
         args.model_repository, args.runner, args.http_port, args.grpc_port, args.metrics_port, args.log,
         host=args.host or server_host(),
     )
     print(" ".join(server.command()), flush=True)
-    return serve(server)
+    return serve(server, watch_stubs=not args.keep_serving_on_stub_loss)
 
 
 if __name__ == "__main__":

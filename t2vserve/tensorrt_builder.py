@@ -20,11 +20,13 @@ Decisions (TensorRT 10.5, the TensorRT of NGC Triton 24.10):
 * **Profiles**: one ``IOptimizationProfile`` per entry of ``engines.slot_profiles`` (min/opt/max per
   input); an input of the network without a profile, or a profile for an input the network lacks, is
   an error before anything is built.
-* **Timing cache**: loaded from the file when present (a cache from another GPU or TensorRT version is
-  set aside with a warning and an empty one is used), serialized back after the build: later builds
-  and the other slots reuse the measured tactics.
+* **Timing cache**: loaded from the file when present; one TensorRT rejects (from another GPU or
+  TensorRT version, truncated, corrupt, unreadable) is set aside with a warning and an empty one is
+  used. Serialized back after the build: later builds and the other slots reuse the measured tactics.
 * Builder optimization level and workspace (``MemoryPoolType.WORKSPACE``) come from
   ``engines.BuilderSettings``; an ``IProgressMonitor`` prints the build phases while it runs.
+* **Device memory**: after each build the plan is deserialized once and its footprint logged: weights
+  (the plan's size) plus the activation memory of one execution context (``device_memory_size_v2``).
 """
 
 from __future__ import annotations
@@ -199,10 +201,11 @@ def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
 
 def _timing_cache(config: trt.IBuilderConfig, path: Path | None, log: Log) -> trt.ITimingCache:
     """The builder's timing cache: ``path``'s when TensorRT accepts it, else an empty one (rebuilt, never fatal)."""
-    blob = path.read_bytes() if path is not None and path.exists() else b""
     try:
+        blob = path.read_bytes() if path is not None and path.exists() else b""
         cache = config.create_timing_cache(blob)
-    except Exception as exc:  # a truncated or corrupt file: TensorRT may refuse to deserialize it at all
+    except Exception as exc:  # unreadable, truncated or corrupt: TensorRT may refuse to deserialize it at all
+        blob = b""
         log(f"timing cache {path} is unreadable ({exc})")
         cache = None
     if cache is None or not config.set_timing_cache(cache, False):
@@ -254,3 +257,30 @@ def build_plan(job: BuildJob, log: Log) -> None:
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(timing_cache.serialize())  # the builder added this build's tactic timings to it
+    log_device_memory(job.slot, trt.Runtime(logger), serialized, log)
+
+
+MIB = 2**20
+
+
+def log_device_memory(slot: str, runtime: trt.Runtime, plan: trt.IHostMemory | bytes, log: Log) -> None:
+    """Log what the plan will hold on the GPU: its weights (the plan's size) and an execution context's
+    activation memory (``device_memory_size_v2``: the largest over its profiles). Never fatal: the plan is written.
+    """
+    size = memoryview(plan).nbytes
+    try:
+        engine = runtime.deserialize_cuda_engine(plan)
+    except Exception as exc:
+        engine, reason = None, str(exc)
+    else:
+        reason = "see the TensorRT errors above"
+    if engine is None:
+        log(f"{slot}: plan {size / MIB:.1f} MiB; device memory unknown (the plan did not deserialize: {reason})")
+        return
+    activations = int(engine.device_memory_size_v2)  # the V2 APIs: TensorRT 10.1+
+    per_profile = [engine.get_device_memory_size_for_profile_v2(i) for i in range(engine.num_optimization_profiles)]
+    log(
+        f"{slot}: device memory {(size + activations) / MIB:.1f} MiB = weights {size / MIB:.1f} MiB (plan) "
+        f"+ activations {activations / MIB:.1f} MiB per execution context "
+        f"(profiles: {', '.join(f'{b / MIB:.1f}' for b in per_profile)} MiB)"
+    )

@@ -181,7 +181,7 @@ def test_triton_ports_gpu_and_health(compose) -> None:
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] == 1
     health = triton["healthcheck"]
     assert set(health) <= HEALTHCHECK_KEYS and health["test"][0] == "CMD"
-    assert "http://localhost:8000/v2/health/ready" in " ".join(health["test"])
+    assert health["test"][1:] == ["python", "-m", "t2vserve.health", "--url", "localhost:8000"]  # readiness + stubs
     assert triton["depends_on"] == {"engines": {"condition": "service_completed_successfully"}}
 
 

@@ -10,8 +10,11 @@ import zipfile
 from pathlib import Path
 
 from t2vserve.export import TRAINED_DIR
+from t2vserve.quality.report import QUALITY_SET
 from t2vserve.quantize import DATA_DIR, DEFAULT_RECIPE
+from t2vserve.safety import find_filter_file
 from t2vserve.settings import REPO_ROOT
+from t2vserve.spec import SAFETY_FILTER_FILE
 from t2vserve.tiny_tokenizer import CORPUS
 
 PACKAGE = REPO_ROOT / "t2vserve"
@@ -39,7 +42,7 @@ def test_wheel_carries_every_data_file(tmp_path) -> None:
     assert sorted(on_disk - names) == [], "pyproject.toml [tool.setuptools.package-data] misses these"
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     read_by_code = [DEFAULT_RECIPE, DATA_DIR / recipe["calibration"]["prompts_file"], CORPUS]
-    read_by_code += [DATA_DIR / "quality_set.json"]  # quality/report.py's QUALITY_SET
+    read_by_code += [QUALITY_SET, find_filter_file(SAFETY_FILTER_FILE, tmp_path)]  # the quality set, preprocess's filter
     read_by_code += [p for p in TRAINED_DIR.rglob("*") if p.is_file()]
     assert len(read_by_code) > 10 and sorted(packaged(p) for p in read_by_code if packaged(p) not in names) == []
     assert "t2vserve/triton_models/runner.py" in names and "t2vserve/families/unet3d.py" in names

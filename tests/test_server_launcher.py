@@ -152,3 +152,41 @@ def test_listens_on_loopback_unless_told_otherwise(monkeypatch) -> None:
     server = EmbeddedTritonServer()
     assert addresses(server) == {"0.0.0.0"} and server.http_url.startswith(f"{LOOPBACK}:")
     assert addresses(EmbeddedTritonServer(host="10.1.2.3")) == {"10.1.2.3"}
+
+
+@pytest.mark.server
+def test_launcher_stops_tritonserver_when_a_stub_dies(tmp_path) -> None:
+    """Triton 2.51 neither restarts a dead Python-backend stub nor marks its model not ready: the launcher
+    notices, stops tritonserver and exits EXIT_STUB_LOST (for a supervisor to restart it)."""
+    from t2vserve import procs
+    from t2vserve.server import EXIT_STUB_LOST
+
+    repository = _one_model_repository(tmp_path / "repo")
+    ports = [free_port() for _ in range(3)]
+    command = [sys.executable, "-m", "t2vserve.server", "--model-repository", str(repository)]
+    command += ["--log", str(tmp_path / "log")]
+    command += [f"--{kind}-port={port}" for kind, port in zip(("http", "grpc", "metrics"), ports)]
+    output = tmp_path / "launcher.out"
+    with open(output, "wb") as out:
+        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = 0
+    try:
+        watching = lambda: "watching 1 Python-backend stub processes" in output.read_text()  # noqa: E731
+        assert procs.wait_for(lambda: watching() or launcher.poll() is not None, READY_TIMEOUT_S), output.read_text()
+        assert watching(), output.read_text()
+        (server,) = _children(launcher.pid)
+        (stub,) = procs.stubs(server)
+        assert procs.kill(stub)
+        code = launcher.wait(timeout=60)
+        assert code == EXIT_STUB_LOST, output.read_text()
+        assert "Python-backend stub lost (postprocess: 0 of 1 stub processes alive)" in output.read_text()
+        assert not _alive(server) and not any(_port_open(port) for port in ports)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if server:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(server, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

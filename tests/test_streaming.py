@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from t2vserve.client import GenerationRequest, GenerationResult, Progress, T2VClient
 from t2vserve.previews import pooled_frames
 from t2vserve.repository import render_repository
-from t2vserve.spec import MAX_TIME_LIMIT_S, PARAMETERS, PRESETS, STREAM_MODEL, STREAM_PARAMETERS
+from t2vserve.spec import MAX_TIME_LIMIT_S, PARAMETERS, PRESETS, PROMPT_MAX_CHARS, STREAM_MODEL, STREAM_PARAMETERS
 from t2vserve.train.world import DEMO_PROMPT
 
 STEPS, PREVIEW_EVERY = 4, 2
@@ -136,10 +136,11 @@ def test_time_limit_ends_the_request_with_an_error_naming_it(server, grpc_client
         ("time_limit_s", 0.0, "TIME_LIMIT_S: 0.0 is out of range; allowed [0.1, 3600]"),
         ("time_limit_s", MAX_TIME_LIMIT_S + 1, "TIME_LIMIT_S: 3601.0 is out of range; allowed [0.1, 3600]"),
         ("steps", 500, "STEPS: 500 is out of range; allowed [1, 100]"),
+        ("prompt", None, f"PROMPT: is required; allowed 1..{PROMPT_MAX_CHARS} characters"),  # no PROMPT at all
     ],
 )
 def test_bad_parameters_of_a_stream_are_invalid_arg(server, grpc_client, field, value, message) -> None:
-    request = GenerationRequest(DEMO_PROMPT, **{field: value})
+    request = GenerationRequest(**{"prompt": DEMO_PROMPT, field: value})
     with pytest.raises(InferenceServerException) as grpc_error:  # gRPC stream errors carry the message, no code
         list(grpc_client.stream(request))
     assert grpc_error.value.message() == message

@@ -1,0 +1,121 @@
+"""tensorrt_builder's timing cache and device-memory log, against a stand-in ``tensorrt`` module.
+
+TensorRT cannot be installed on these machines (its libraries need a GPU host), so these tests give the
+builder a module with the few names it touches at import and fake builder-config / runtime objects that
+behave as TensorRT 10 documents: ``create_timing_cache`` raises on bytes it cannot deserialize,
+``set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache of another device or version,
+``deserialize_cuda_engine`` returns None when it fails. ``make typecheck`` checks the real API's names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import t2vserve
+
+MIB = 2**20
+
+
+class _Names:
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+def _fake_tensorrt() -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.Builder = object  # type: ignore[attr-defined]
+    trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})  # type: ignore[attr-defined]
+    trt.BuilderFlag = trt.LayerType = _Names()  # type: ignore[attr-defined]
+    trt.float32 = "float32"  # type: ignore[attr-defined]
+    trt.__version__ = "10.5.0"  # type: ignore[attr-defined]
+    return trt
+
+
+@pytest.fixture
+def builder(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt())
+    monkeypatch.delitem(sys.modules, "t2vserve.tensorrt_builder", raising=False)
+    module = importlib.import_module("t2vserve.tensorrt_builder")
+    yield module
+    sys.modules.pop("t2vserve.tensorrt_builder", None)  # the real import (no tensorrt here) must fail again
+    if hasattr(t2vserve, "tensorrt_builder"):
+        delattr(t2vserve, "tensorrt_builder")
+
+
+class FakeConfig:
+    """IBuilderConfig's timing-cache calls: caches serialized on "this GPU" start with b"GPU0"."""
+
+    def __init__(self) -> None:
+        self.cache: bytes | None = None
+
+    def create_timing_cache(self, blob: bytes) -> bytes:
+        if blob and not blob.startswith(b"GPU"):
+            raise RuntimeError("[TRT] Error Code 1: timing cache deserialization failed (bad magic)")
+        return blob
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        if cache and not cache.startswith(b"GPU0") and not ignore_mismatch:
+            return False
+        self.cache = cache
+        return True
+
+
+@pytest.mark.parametrize(
+    "content,said",
+    [
+        (b"GPU0 tactics", "reusing"),
+        (b"GPU1 tactics", "rejected"),  # another GPU or TensorRT version
+        (b"\x00\x17garbage", "unreadable"),  # truncated or corrupt
+        (None, None),  # no file yet: a new cache, nothing to say
+        ("directory", "unreadable"),  # the path is not a readable file
+    ],
+)
+def test_a_timing_cache_tensorrt_rejects_is_rebuilt(builder, tmp_path: Path, content, said) -> None:
+    path = tmp_path / "timing.cache"
+    if content == "directory":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    config, messages = FakeConfig(), []
+    cache = builder._timing_cache(config, path, messages.append)
+    assert config.cache == cache  # the builder always gets a cache set: never a crash, never none
+    if said == "reusing":
+        assert cache == content and "reusing" in messages[-1]
+    else:
+        assert cache == b""
+        assert said is None and messages == [] or any(said in m for m in messages), messages
+    if said in ("rejected", "unreadable"):
+        assert "starting an empty one" in messages[-1]
+
+
+class FakeEngine:
+    num_optimization_profiles = 2
+    device_memory_size_v2 = 96 * MIB
+
+    def get_device_memory_size_for_profile_v2(self, index: int) -> int:
+        return (64, 96)[index] * MIB
+
+
+class FakeRuntime:
+    def __init__(self, engine: FakeEngine | None) -> None:
+        self.engine = engine
+
+    def deserialize_cuda_engine(self, plan: bytes) -> FakeEngine | None:
+        return self.engine
+
+
+def test_each_built_plan_logs_its_device_memory(builder) -> None:
+    plan = bytes(3 * MIB)
+    messages: list[str] = []
+    builder.log_device_memory("unet", FakeRuntime(FakeEngine()), plan, messages.append)
+    assert messages == [
+        "unet: device memory 99.0 MiB = weights 3.0 MiB (plan) + activations 96.0 MiB per execution context "
+        "(profiles: 64.0, 96.0 MiB)"
+    ]
+    builder.log_device_memory("vae_decoder", FakeRuntime(None), plan, messages.append)
+    assert messages[-1].startswith("vae_decoder: plan 3.0 MiB; device memory unknown")
