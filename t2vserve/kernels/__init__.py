@@ -1,0 +1,1 @@
+"""Low-precision kernels the torch runner runs for quantized tracks."""
