@@ -75,7 +75,7 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    video: np.ndarray  # uint8 [frames, height, width, 3]
+    video: np.ndarray | None  # uint8 [frames, height, width, 3]; None when not requested (``outputs``)
     mp4: bytes
     seed: int
     seconds: float
@@ -94,6 +94,10 @@ class Progress:
 
 #: What ``T2VClient.stream`` yields: a Progress per step, then one GenerationResult.
 StreamEvent = Progress | GenerationResult
+
+
+#: Outputs of the ``t2v`` ensemble a client may ask for (USED_SEED always comes with them).
+CLIP_OUTPUTS = (VIDEO, MP4)
 
 
 class T2VClient:
@@ -121,11 +125,18 @@ class T2VClient:
             inputs.append(tensor)
         return inputs
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        """One clip from the ``t2v`` ensemble (no progress; ``stream`` reports it)."""
+    def generate(self, request: GenerationRequest, outputs: Sequence[str] = CLIP_OUTPUTS) -> GenerationResult:
+        """One clip from the ``t2v`` ensemble (no progress; ``stream`` reports it).
+
+        ``outputs``: which of VIDEO, MP4 (and USED_SEED, always sent) the server returns: leaving out
+        VIDEO spares the raw frames on the wire (13 MB at 576x320x24) when only the MP4 is wanted.
+        """
         if request.preview_every:
             raise ValueError("previews come with stream() (t2v_stream); the t2v ensemble has no PREVIEW_EVERY")
-        outputs = [self._module.InferRequestedOutput(name) for name in (VIDEO, MP4, "USED_SEED")]
+        unknown = set(outputs) - set(CLIP_OUTPUTS)
+        if unknown or MP4 not in outputs:
+            raise ValueError(f"outputs must include {MP4} and be among {CLIP_OUTPUTS}, got {tuple(outputs)}")
+        outputs = [self._module.InferRequestedOutput(name) for name in dict.fromkeys((*outputs, "USED_SEED"))]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         start = time.perf_counter()
         result = self._client.infer(self.model, self._inputs(request, PARAMETERS), outputs=outputs, **kwargs)
@@ -209,7 +220,7 @@ class T2VClient:
 def _result(output: Any, seconds: float) -> GenerationResult:
     """The clip from a response's outputs (``output``: name -> array)."""
     mp4 = output(MP4).reshape(-1)[0]
-    return GenerationResult(output(VIDEO), bytes(mp4), int(output("USED_SEED").reshape(-1)[0]), seconds)
+    return GenerationResult(output(VIDEO), bytes(mp4), int(output("USED_SEED").reshape(-1)[0]), seconds)  # VIDEO: None if not requested
 
 
 def _json_value(array: np.ndarray) -> Any:
@@ -332,7 +343,7 @@ def _generate(client: T2VClient, request: GenerationRequest, args: argparse.Name
     label = f"{client.url} ({args.protocol})"
     if args.no_stream:
         with Spinner(f"generating on {label}", enabled=not args.quiet):
-            return client.generate(request)
+            return client.generate(request, outputs=(MP4,))  # the MP4 is all the CLI writes
     bar = ProgressBar(label, enabled=not args.quiet)
     try:  # closing the stream on any way out (Ctrl-C included) cancels the request on the server
         with contextlib.closing(client.stream(request)) as events:
@@ -372,9 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(result.mp4)
-    frames, height, width, _ = result.video.shape
     if not args.quiet:
-        print(f"wrote {args.out} ({frames} frames, {width}x{height}, seed {result.seed}) in {result.seconds:.2f} s")
+        if result.video is None:  # --no-stream asks for the MP4 only
+            print(f"wrote {args.out} ({len(result.mp4) / 1e6:.2f} MB, seed {result.seed}) in {result.seconds:.2f} s")
+        else:
+            frames, height, width, _ = result.video.shape
+            print(f"wrote {args.out} ({frames} frames, {width}x{height}, seed {result.seed}) in {result.seconds:.2f} s")
     return 0
 
 

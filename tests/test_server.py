@@ -31,6 +31,17 @@ def test_generates_clip(client, geometry) -> None:
     assert result.seed == 1
 
 
+def test_mp4_only_leaves_the_frames_off_the_wire(client) -> None:
+    """A client that wants the MP4 only does not receive VIDEO; the MP4 is the same clip."""
+    full = client.generate(GenerationRequest(PROMPT, seed=3))
+    mp4_only = client.generate(GenerationRequest(PROMPT, seed=3), outputs=("MP4",))
+    assert mp4_only.video is None and mp4_only.seed == 3
+    frames, _ = decode_mp4(mp4_only.mp4)
+    assert frames.shape == full.video.shape and np.abs(_luma(frames) - _luma(decode_mp4(full.mp4)[0])).max() < 1e-9
+    with pytest.raises(ValueError, match="outputs must include MP4"):
+        client.generate(GenerationRequest(PROMPT, seed=3), outputs=("VIDEO",))
+
+
 def _luma(video: np.ndarray) -> np.ndarray:
     return video.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
