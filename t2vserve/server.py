@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from . import health
-from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, server_host
+from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, compile_cache_environment, server_host
 
 __all__ = ["DEFAULT_MODEL_REPOSITORY", "REPO_ROOT", "EmbeddedTritonServer", "free_port", "main", "serve"]
 
@@ -160,6 +160,8 @@ class EmbeddedTritonServer:
         # same packages, t2vserve included (installed, editable or not).
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+        for name, value in compile_cache_environment().items():  # torch.compile caches that outlive a restart
+            env.setdefault(name, value)
         return env
 
     def launch(

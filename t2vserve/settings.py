@@ -8,6 +8,13 @@ Environment variables override the defaults where a deployment needs another val
     this machine only. ``0.0.0.0`` listens on every interface (the ``--host`` flag of the launcher
     does the same for one run). The docker compose ``triton`` service runs ``tritonserver`` itself
     and listens on every interface of its container.
+
+``T2V_COMPILE_CACHE_DIR``
+    Where the torch runner's ``torch.compile`` keeps its compiled artefacts across server restarts
+    (Inductor's FX-graph and autotuning caches, Triton's kernel cache): the embedded server passes it
+    to its Python-backend stubs. Unset: torch's default under ``/tmp`` (lost with the machine). The
+    compose ``triton-torch`` service keeps it in the ``torch-compile-cache`` volume, so a restarted
+    server loads its kernels instead of compiling them again.
 """
 
 from __future__ import annotations
@@ -25,3 +32,19 @@ SERVER_HOST_ENV = "T2V_SERVER_HOST"
 def server_host() -> str:
     """Interface the embedded server listens on: ``$T2V_SERVER_HOST``, else loopback only."""
     return os.environ.get(SERVER_HOST_ENV, "").strip() or LOOPBACK
+
+
+COMPILE_CACHE_ENV = "T2V_COMPILE_CACHE_DIR"
+
+
+def compile_cache_environment() -> dict[str, str]:
+    """Environment that puts torch.compile's on-disk caches under ``$T2V_COMPILE_CACHE_DIR`` (empty if unset)."""
+    root = os.environ.get(COMPILE_CACHE_ENV, "").strip()
+    if not root:
+        return {}
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(Path(root) / "inductor"),  # FX graphs, autotuning, generated kernels
+        "TRITON_CACHE_DIR": str(Path(root) / "triton"),  # compiled Triton kernels (cubins)
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }

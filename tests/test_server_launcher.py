@@ -21,7 +21,7 @@ import pytest
 
 from t2vserve.repository import render_repository
 from t2vserve.server import EmbeddedTritonServer, free_port
-from t2vserve.settings import LOOPBACK, SERVER_HOST_ENV
+from t2vserve.settings import COMPILE_CACHE_ENV, LOOPBACK, SERVER_HOST_ENV
 
 READY_TIMEOUT_S = 120
 
@@ -152,6 +152,20 @@ def test_listens_on_loopback_unless_told_otherwise(monkeypatch) -> None:
     server = EmbeddedTritonServer()
     assert addresses(server) == {"0.0.0.0"} and server.http_url.startswith(f"{LOOPBACK}:")
     assert addresses(EmbeddedTritonServer(host="10.1.2.3")) == {"10.1.2.3"}
+
+
+def test_compile_cache_directory_reaches_the_server_environment(monkeypatch, tmp_path) -> None:
+    """T2V_COMPILE_CACHE_DIR puts torch.compile's caches (Inductor, Triton kernels) under it for the stubs;
+    an explicit TORCHINDUCTOR_CACHE_DIR wins; unset, torch keeps its defaults."""
+    for name in (COMPILE_CACHE_ENV, "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in EmbeddedTritonServer().environment()
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path))
+    env = EmbeddedTritonServer().environment()
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor") and env["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    assert env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    assert EmbeddedTritonServer().environment()["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
 
 
 @pytest.mark.server
