@@ -398,7 +398,8 @@ class ModelGeometry:
         if choice not in ("quantized", "full"):
             raise ValueError(f"unknown tier precision {choice!r}; known: quantized, default, full")
         quantized = choice == "quantized"
-        candidates = (track for track in self.tracks if (track in QUANTIZED_TRACKS) == quantized and track not in self.track_defaults)
+        tier_tracks = [track for track in self.tracks if track != DISTILLED_TRACK and track not in self.track_defaults]
+        candidates = (track for track in tier_tracks if (track in QUANTIZED_TRACKS) == quantized)
         return next(candidates, self.default_precision)
 
     def latent_frames(self, num_frames: int) -> int:

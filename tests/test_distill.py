@@ -106,3 +106,53 @@ def test_smoke_distillation_saves_a_loadable_student_that_moved(smoke_student, t
     assert "unet_distilled" in {slot.name for slot in family.slots_of(geometry)}
     without = shutil.copytree(out, tmp_path / "without", ignore=shutil.ignore_patterns("unet_distilled"))
     assert DISTILLED_TRACK not in family.geometry(family.components(without), "tiny").tracks  # no student, no track
+
+
+@pytest.fixture(scope="module")
+def distilled_server(smoke_student, repository, tmp_path_factory):
+    """The session's exported repository plus the smoke student's entry, exported from the student's model copy."""
+    from t2vserve.export import export_model
+    from t2vserve.server import EmbeddedTritonServer
+
+    out, _ = smoke_student
+    root = tmp_path_factory.mktemp("distilled-repo") / "model_repository"
+    shutil.copytree(repository, root)
+    export_model(out, root, "tiny", only=["unet_distilled"])  # its ONNX (checked against torch), configs, geometry
+    with EmbeddedTritonServer(root, log_path=root.parent / "tritonserver.log") as srv:
+        yield srv
+
+
+def test_the_distilled_track_is_served_with_its_own_steps_and_guidance(distilled_server, smoke_student) -> None:
+    """PRECISION=distilled: the student's STEPS (2 for the smoke student) at guidance 1, one batch-1 UNet call per
+    step; explicit STEPS / GUIDANCE_SCALE override them; the clip equals the in-process pipeline's."""
+    from t2vserve.bench.common import model_stats
+    from t2vserve.client import GenerationRequest, T2VClient
+    from t2vserve.params import ResolvedRequest
+    from t2vserve.pipeline import InProcessPipeline
+
+    out, _ = smoke_student
+    prompt, url = "a red circle moving to the right on a black background", distilled_server.grpc_url
+
+    def denoiser_delta(request: GenerationRequest) -> tuple[np.ndarray, dict]:
+        before = model_stats(url)
+        with T2VClient(url) as client:
+            video = client.generate(request).video
+        after = model_stats(url)
+        return video, {name: (after[name]["inferences"] - before[name]["inferences"],
+                              {size: b["count"] - before[name]["batches"].get(size, {"count": 0})["count"]
+                               for size, b in after[name]["batches"].items()}) for name in ("unet", "unet_int8", "unet_distilled")}
+
+    served, delta = denoiser_delta(GenerationRequest(prompt, seed=5, precision=DISTILLED_TRACK))
+    assert delta["unet_distilled"][0] == 2 and delta["unet_distilled"][1][1] == 2, delta  # 2 steps x batch 1
+    assert delta["unet"][0] == delta["unet_int8"][0] == 0
+    _, delta = denoiser_delta(GenerationRequest(prompt, seed=5, precision=DISTILLED_TRACK, steps=3, guidance_scale=2.0))
+    assert delta["unet_distilled"][0] == 6 and delta["unet_distilled"][1][2] == 3, delta  # explicit: 3 CFG pairs
+
+    family = get_family("unet3d")
+    components = family.components(out)
+    geometry = family.geometry(components, "tiny")
+    p = geometry.presets
+    request = ResolvedRequest(prompt, "", 2, 1.0, 5, p.height, p.width, p.num_frames, p.fps, DISTILLED_TRACK, "ddim")
+    expected = InProcessPipeline(components, geometry).generate(request).astype(int)
+    diff = np.abs(served.astype(int) - expected)
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())

@@ -106,6 +106,9 @@ def test_a_distilled_track_brings_its_own_steps_and_guidance() -> None:
     assert (explicit.steps, explicit.guidance_scale) == (6, 2.0)
     draft = resolve(_prompt(PRESET=b"draft", PRECISION=DISTILLED_TRACK.encode()), geometry)
     assert (draft.steps, draft.height) == (4, geometry.defaults("draft")["HEIGHT"])  # the tier's size, the student's steps
+    # tracks in another order (t2v_model.json sorts its keys) and a student without defaults: still never a tier's
+    shuffled = replace(base, tracks={DISTILLED_TRACK: ["unet_distilled"], "fp16": ["unet"], "int8": ["unet_int8"]})
+    assert [shuffled.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "int8", "fp16"]
     for bad in ({"STEPS": 0}, {"SEED": 3}):
         with pytest.raises(ValueError, match="track defaults"):
             replace(base, track_defaults={DISTILLED_TRACK: bad})
