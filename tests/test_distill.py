@@ -90,6 +90,9 @@ def test_smoke_distillation_saves_a_loadable_student_that_moved(smoke_student, t
     log = json.loads((directory / DISTILL_LOG).read_text())
     (round_,) = log["rounds"]
     assert round_["updates"] == 3 and all(np.isfinite(r["loss"]) for r in log["history"]) and log["teacher_track"] == "fp16"
+    errors = round_["endpoint_error_vs_teacher"]  # the student's final latents against the teacher's, and the baselines'
+    assert set(errors) == {"student", "teacher_at_student_steps", "teacher_at_student_steps_unguided"}
+    assert all(np.isfinite(e) and e > 0 for e in errors.values())
     assert (tiny_model_dir / "unet").is_dir() and not (tiny_model_dir / DISTILL_LOG).exists()  # the source is only read
 
     family = get_family("unet3d")

@@ -49,7 +49,7 @@ from ..ddim import DDIM
 from ..families import get_family
 from ..families.base import TRACK_DEFAULTS_FILE, Family
 from ..samplers import make_sampler
-from ..sampling import conditioning_rows, denoise
+from ..sampling import Denoiser, conditioning_rows, denoise
 from ..spec import DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, ModelGeometry
 from . import world
 from .fit import Ema, Progress, Tokens, after_warmup, attention_kernels, lr_factor
@@ -147,6 +147,11 @@ class Pairs:
         return self.sample.shape[0]
 
 
+def bound(module: nn.Module, kv: torch.Tensor) -> Denoiser:
+    """``module`` as the loop's denoiser, with the K/V rows of each call taken from ``kv`` [negative rows, prompt rows]."""
+    return lambda entry, sample, timestep: module(sample, timestep, conditioning_rows(kv, sample.shape[0]))
+
+
 @torch.no_grad()
 def teacher_pairs(teacher: nn.Module, kv: torch.Tensor, latents: torch.Tensor, geometry: ModelGeometry, track: str,
                   guidance_scale: float, teacher_steps: int, student_steps: int) -> Pairs:
@@ -159,10 +164,7 @@ def teacher_pairs(teacher: nn.Module, kv: torch.Tensor, latents: torch.Tensor, g
         if done % k == 0:
             states.append(current)
 
-    def call(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return teacher(sample, timestep, conditioning_rows(kv, sample.shape[0]))
-
-    denoise(call, latents, teacher_steps, guidance_scale, make_sampler("ddim", geometry.scheduler_config), geometry, track, keep)
+    denoise(bound(teacher, kv), latents, teacher_steps, guidance_scale, make_sampler("ddim", geometry.scheduler_config), geometry, track, keep)
     coarse, batch = ddim.timesteps(student_steps), latents.shape[0]
     targets = [one_step_target(ddim, states[j], states[j + 1], int(t), student_steps) for j, t in enumerate(coarse)]
     timesteps = torch.tensor([float(t) for t in coarse], device=latents.device).repeat_interleave(batch)
@@ -201,6 +203,24 @@ class Distillation:
             torch.cuda.synchronize(self.dev)  # teacher time measured apart from the student's
         return pairs
 
+    @torch.no_grad()
+    def endpoint_errors(self, teacher: nn.Module, student: nn.Module, guidance_scale: float, teacher_steps: int,
+                        student_steps: int) -> dict[str, float]:
+        """Relative RMS distance of final latents from the teacher's on its own grid, on one held-out batch (prompts and
+        noise of their own seed): the student's; the teacher's at the student's step count, guided (what distillation
+        has to beat) and guidance-free (what the student starts as)."""
+        seed = self.config.seed + 10**6
+        kv = self.prompts.sample(self.config.trajectories, random.Random(seed))
+        latents = torch.randn(self.shape, generator=torch.Generator().manual_seed(seed)).to(self.dev)
+        sampler = make_sampler("ddim", self.geometry.scheduler_config)
+        run = lambda module, steps, guidance: denoise(bound(module, kv), latents, steps, guidance, sampler, self.geometry, self.track)  # noqa: E731
+        with self.attention():
+            reference = run(teacher, teacher_steps, guidance_scale)
+            finals = {"student": run(student, student_steps, 1.0), "teacher_at_student_steps": run(teacher, student_steps, guidance_scale),
+                      "teacher_at_student_steps_unguided": run(teacher, student_steps, 1.0)}
+        scale = float(reference.pow(2).mean().sqrt())
+        return {name: float((final - reference).pow(2).mean().sqrt()) / scale for name, final in finals.items()}
+
     def run_round(self, teacher: nn.Module, guidance_scale: float, teacher_steps: int, student_steps: int,
                   deadline: float | None) -> tuple[nn.Module, dict[str, Any]]:
         """A student (from ``teacher``'s weights) of ``student_steps`` steps; its round's figures."""
@@ -237,12 +257,16 @@ class Distillation:
         if update < config.updates:
             log.warning("round %d->%d stopped after %d of %d updates: time budget", teacher_steps, student_steps, update, config.updates)
         ema.copy_to_module()
+        student.eval().requires_grad_(False)
+        errors = self.endpoint_errors(teacher, student, guidance_scale, teacher_steps, student_steps)
+        log.info("final latents vs the %d-step teacher (relative RMS, held-out batch): %s", teacher_steps,
+                 ", ".join(f"{name} {value:.3f}" for name, value in errors.items()))
         losses = [row["loss"] for row in self.history if row["stage"] == progress.stage]
         figures = {"teacher_steps": teacher_steps, "student_steps": student_steps, "teacher_guidance_scale": guidance_scale,
                    "updates": update, "pairs_per_update": config.batch, "first_loss": first_loss,
-                   "final_loss": losses[-1] if losses else None, "teacher_seconds": teacher_seconds,
-                   "seconds": time.perf_counter() - started}
-        return student.eval().requires_grad_(False), figures
+                   "final_loss": losses[-1] if losses else None, "endpoint_error_vs_teacher": errors,
+                   "teacher_seconds": teacher_seconds, "seconds": time.perf_counter() - started}
+        return student, figures
 
 
 def distill(config: DistillConfig, model_dir: Path, out_dir: Path | None = None, device: str = "cpu",

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = distill(config, model_dir, out_dir, args.device, args.family)
     for r in summary["rounds"]:
         print(f"round {r['teacher_steps']}->{r['student_steps']}: {r['updates']} updates in {r['seconds']:.0f} s "
-              f"(teacher {r['teacher_seconds']:.0f} s), loss {r['first_loss']:.5f} -> {r['final_loss']:.5f}")
+              f"(teacher {r['teacher_seconds']:.0f} s), loss {r['first_loss']:.5f} -> {r['final_loss']:.5f}; final latents vs the "
+              f"teacher (relative RMS): " + ", ".join(f"{k} {v:.3f}" for k, v in r["endpoint_error_vs_teacher"].items()))
     if args.evaluate:
         start = time.perf_counter()
         variants = evaluation_variants(config, summary["teacher_track"], summary["rounds"][0]["teacher_guidance_scale"])
