@@ -269,13 +269,19 @@ class Distillation:
         return student, figures
 
 
+def student_component(family_name: str) -> str:
+    """The model directory component of the family's distilled student (its slot's declaration)."""
+    family = get_family(family_name)
+    return str(family.slot(family.tracks()[DISTILLED_TRACK][0]).component)
+
+
 def distill(config: DistillConfig, model_dir: Path, out_dir: Path | None = None, device: str = "cpu",
             family_name: str = "unet3d") -> dict[str, Any]:
     """Distil ``model_dir``'s full-precision UNet; the student goes to ``out_dir`` (default ``model_dir``), a copy of
     ``model_dir`` plus the distilled component directory. Returns the log (also written as ``DISTILL_LOG``)."""
     dev, family = torch.device(device), get_family(family_name)
     model_dir, out_dir = Path(model_dir), Path(out_dir or model_dir)
-    component = str(family.slot(family.tracks()[DISTILLED_TRACK][0]).component)
+    component = student_component(family_name)
     if out_dir.resolve() != model_dir.resolve():
         shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns(component), dirs_exist_ok=True)
     if dev.type == "cuda":
