@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= a red circle moving to the right on a black background
 MODEL  ?= unet3d
 
-.PHONY: help install model demo test quality sweep bench soak serve configs check-configs clean typecheck train-demo
+.PHONY: help install model demo test quality sweep bench soak serve configs check-configs clean typecheck train-demo distill-demo
 
 help:
 	@echo "make demo    export the trained demo model, serve it on tritonserver, write outputs/demo.mp4 (+ .png strip)"
 	@echo "             (MODEL=wan22: the tiny Wan2.2 model -> outputs/demo-wan22.mp4)"
 	@echo "make test    run the test suite (starts real tritonserver instances)"
 	@echo "make train-demo  train the demo model on the shapes world (GPU: DEVICE=cuda, about 8 minutes on an H100)"
+	@echo "make distill-demo  distil the demo model into its 4-step guidance-free student (GPU: DEVICE=cuda, 5 minutes + evaluation)"
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
 	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
 	@echo "make bench   CPU benchmark: in-process vs served, concurrency 1/2/4 (GPU: client/gpu_bench.sh)"
@@ -41,6 +42,11 @@ DEVICE ?= cuda
 # Writes artifacts/trained-<family>/ (+ samples and adherence JSON beside it); copy it to t2vserve/data/trained/<family>/ to ship it.
 train-demo: $(STAMP)
 	$(BIN)/python -m t2vserve.train --family $(MODEL) --device $(DEVICE) --out artifacts/trained-$(MODEL) --evaluate --max-seconds 540
+
+# Writes artifacts/distilled-unet3d/ (a copy of the demo model with unet_distilled/) and artifacts/distill-report.json;
+# copy unet_distilled/ to t2vserve/data/trained/unet3d/ and run `make configs` to ship it.
+distill-demo: $(STAMP)
+	$(BIN)/python -m t2vserve.train distill --device $(DEVICE) --out artifacts/distilled-unet3d --evaluate --max-seconds 300
 
 quality: model
 	$(BIN)/python -m t2vserve.quality

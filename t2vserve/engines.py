@@ -432,7 +432,7 @@ def export_if_needed(
     source = export_source(weights)
     if export_is_current(repository, source) and not reexport:
         geometry = load_geometry(repository)  # configs follow this version of the declarations when the export is reused
-        write_repository(repository, geometry.family, geometry.experts)
+        write_repository(repository, geometry.family, geometry.experts, get_family(geometry.family).present_components(geometry))
         log(f"export of the {source['source']} model already in {repository}: skipped (--reexport redoes it)")
         return
     args = ["--repository", str(repository)]

@@ -120,7 +120,7 @@ def export_model(
     # metadata only: the weights' values are not used, so only configs and shapes are loaded (meta device)
     components = family.components(model_dir, torch.float32 if onnx else None)
     geometry = family.geometry(components, preset)
-    write_repository(repository, family.name, geometry.experts)  # configs and model.py files
+    write_repository(repository, family.name, geometry.experts, family.present_components(geometry))  # configs and model.py files
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
     slots = family.slots_of(geometry)
     # the preset's most frequent shape (TensorRT's "opt"): what a runner warms up before it is READY

@@ -110,14 +110,16 @@ def _number(name: str, value: np.ndarray | None, default: Any, allowed: Range, c
 def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_time_limit_s: float = MAX_TIME_LIMIT_S) -> ResolvedRequest:
     """Validate raw input arrays (missing optional inputs are None) against the model's ranges.
 
-    PRESET (a quality tier, spec.QUALITY_TIERS) picks the defaults; explicit parameters override them.
+    PRESET (a quality tier, spec.QUALITY_TIERS) and PRECISION (a track with defaults of its own: a distilled
+    student's steps and guidance) pick the defaults; explicit parameters override them.
     ``max_time_limit_s``: the server's largest TIME_LIMIT_S, also its default.
     """
     unknown = set(inputs) - {p.name for p in PARAMETERS}
     if unknown:
         raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
     tier = _choice("PRESET", inputs.get("PRESET"), DEFAULT_TIER, tuple(QUALITY_TIERS))
-    ranges, defaults = geometry.ranges(), geometry.defaults(tier)
+    precision = _choice("PRECISION", inputs.get("PRECISION"), geometry.defaults(tier)["PRECISION"], tuple(geometry.tracks))
+    ranges, defaults = geometry.ranges(), geometry.defaults(tier, precision)
     seed, negative = inputs.get("SEED"), inputs.get("NEGATIVE_PROMPT")
     return ResolvedRequest(
         prompt=_text("PROMPT", inputs.get("PROMPT"), required=True),
@@ -129,7 +131,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
         num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
-        precision=_choice("PRECISION", inputs.get("PRECISION"), defaults["PRECISION"], tuple(geometry.tracks)),
+        precision=precision,
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
     )

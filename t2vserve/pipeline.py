@@ -17,7 +17,7 @@ from .families import get_family
 from .families.base import Slot
 from .params import ResolvedRequest, tokenize_pair
 from .samplers import make_sampler
-from .sampling import initial_latents, denoise
+from .sampling import conditioning_rows, denoise, initial_latents
 from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
 from .video import to_uint8_frames
 
@@ -53,9 +53,10 @@ class Pipeline:
         kv = self.packed_kv(request.prompt, request.negative_prompt)
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            rows = conditioning_rows(kv, sample.shape[0])
             if observer is not None:
-                observer(entry, sample, timestep, kv)
-            return self._run(self.slots[entry], sample, timestep, kv).to(sample.device)
+                observer(entry, sample, timestep, rows)
+            return self._run(self.slots[entry], sample, timestep, rows).to(sample.device)
 
         g = self.geometry
         latents = initial_latents(g, request.height, request.width, request.num_frames, request.seed, self.device)

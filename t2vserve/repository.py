@@ -3,7 +3,9 @@
 The engine-slot entries come from the family's slot declarations (``families/<family>.py``), the
 ensemble and Python entries from spec. ``python -m t2vserve.repository --write`` rewrites the
 committed ``model_repository/`` (the default family); ``--check`` (and a test) fails when the files
-on disk differ from what the declarations imply.
+on disk differ from what the declarations imply. An optional slot (``Slot.component``: the distilled
+student ``unet_distilled``) gets an entry only in the repository of a model that has its component: the
+committed repository follows the shipped demo model (``demo_components``), an export the exported model.
 
 Engine slots carry two configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default)
 and ``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file), chosen at server
@@ -16,6 +18,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
@@ -188,10 +191,12 @@ def stream_inputs() -> list[TensorDef]:
     return ensemble_inputs() + [TensorDef(p.name, p.triton_dtype, (1,), optional=True) for p in STREAM_PARAMETERS]
 
 
-def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[str, str]:
-    """Relative path -> file content for every generated file of a repository serving ``family``."""
+def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> dict[str, str]:
+    """Relative path -> file content for every generated file of a repository serving ``family``; ``optional``:
+    the optional components (``Slot.component``, e.g. a distilled student) the served model has."""
     files: dict[str, str] = {}
-    slot_names = {slot.role: slot.name for slot in get_family(family).slots(experts)}
+    layout = get_family(family).layout(experts, optional)
+    slot_names = {slot.role: slot.name for slot in layout}
     python_entries = {
         "preprocess": (
             "preprocess",
@@ -229,7 +234,7 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
             name, inputs, outputs, backend="python", parameters=params, instance_count=count
         )
         files[f"{name}/1/model.py"] = _model_py(module)
-    for slot in get_family(family).slots(experts):
+    for slot in layout:
         name, batch = slot.name, slot.max_batch
         inputs, outputs = slot_tensors(slot)
         files[f"{name}/config.pbtxt"] = render_config(
@@ -258,27 +263,35 @@ def _model_py(module: str) -> str:
     )
 
 
-def stale_files(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> list[str]:
+def demo_components(family: str = DEFAULT_FAMILY) -> frozenset[str]:
+    """The optional components of the shipped demo model: the committed ``model_repository/`` is its layout."""
+    from .export import trained_model_dir  # the shipped model's location; export imports this module
+
+    directory = trained_model_dir(family)
+    return frozenset(get_family(family).components(directory).present) if directory else frozenset()
+
+
+def stale_files(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> list[str]:
     """Generated files that are missing or differ on disk."""
-    rendered = render_repository(family, experts)
+    rendered = render_repository(family, experts, optional)
     return [rel for rel, text in rendered.items() if not (root / rel).exists() or (root / rel).read_text() != text]
 
 
-def foreign_entries(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> list[str]:
-    """Entries under ``root`` with a config that this family's repository does not have (another family's)."""
-    wanted = {rel.split("/")[0] for rel in render_repository(family, experts)}
+def foreign_entries(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> list[str]:
+    """Entries under ``root`` with a config that this model's repository does not have (another model's)."""
+    wanted = {rel.split("/")[0] for rel in render_repository(family, experts, optional)}
     return sorted(p.parent.name for p in Path(root).glob("*/config.pbtxt") if p.parent.name not in wanted)
 
 
-def write_repository(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1) -> None:
-    """Write every generated file; refuse a repository that holds another family's entries."""
-    foreign = foreign_entries(root, family, experts)
+def write_repository(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> None:
+    """Write every generated file; refuse a repository that holds another model's entries."""
+    foreign = foreign_entries(root, family, experts, optional)
     if foreign:
         raise FileExistsError(
-            f"{root} holds entries {', '.join(foreign)} that a {family} repository does not have (another model's); "
-            "export into an empty directory or remove them: Triton would try to load them"
+            f"{root} holds entries {', '.join(foreign)} that a {family} repository of this model does not have (another "
+            "model's); export into an empty directory or remove them: Triton would try to load them"
         )
-    for rel, text in render_repository(family, experts).items():
+    for rel, text in render_repository(family, experts, optional).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -293,13 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
+    optional = demo_components()
     if args.write:
-        write_repository(args.root)
+        write_repository(args.root, optional=optional)
         return 0
-    stale = stale_files(args.root)
+    stale = stale_files(args.root, optional=optional)
     for rel in stale:
         print(f"stale: {rel} (run python -m t2vserve.repository --write)")
-    return 1 if stale else 0
+    foreign = foreign_entries(args.root, optional=optional)
+    for name in foreign:
+        print(f"not generated: {name}/ (the demo model has no such entry; remove it)")
+    return 1 if stale or foreign else 0
 
 
 if __name__ == "__main__":

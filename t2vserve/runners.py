@@ -82,16 +82,17 @@ class TorchRunner:
 
     def warm_up(self) -> dict[int, float]:
         """Run the slot at its preset's most frequent shape for every batch the dynamic batcher can form
-        (CFG pairs: 2, 4, ... max_batch_size), so torch.compile's compile happens before the entry is
-        READY rather than under load. Batched entries mark the batch dimension dynamic from the first
-        call: one compile serves every batch size (measured on an H100 with the ModelScope UNet: a static
-        graph per size plus the dynamic recompile kept the server from READY for over 8 minutes cold).
+        (1 to max_batch_size: CFG pairs are 2, a guidance-free request 1), so torch.compile's compile
+        happens before the entry is READY rather than under load. Batched entries mark the batch dimension
+        dynamic from the first call: one compile serves every batch size above 1 (measured on an H100 with
+        the ModelScope UNet: a static graph per size plus the dynamic recompile kept the server from READY
+        for over 8 minutes cold); batch 1, which torch.compile always specialises, gets its own graph, last.
         Seconds per batch size; nothing to do when not compiling.
         """
         if self.forward is self.module or "warmup_values" not in self.source:
             return {}
         values = dict(self.source["warmup_values"])
-        sizes = list(range(CFG_BATCH, self.max_batch + 1, CFG_BATCH)) if self.max_batch else [values.get("batch", CFG_BATCH)]
+        sizes = sorted(range(1, self.max_batch + 1), key=lambda size: size == 1) if self.max_batch else [values.get("batch", CFG_BATCH)]
         seconds = {}
         for size in sizes:
             start = time.perf_counter()
@@ -110,7 +111,9 @@ class TorchRunner:
             args.append(tensor.to(self.dtype) if cast else tensor)
         if self.forward is not self.module:
             for tensor in args:  # batch sizes vary with the dynamic batcher: one graph dynamic in the batch
-                (torch._dynamo.mark_dynamic if self.max_batch else torch._dynamo.maybe_mark_dynamic)(tensor, 0)
+                # (a size-1 dimension is specialised whatever the mark: only a hint there, never a constraint)
+                dynamic = self.max_batch and tensor.shape[0] > 1
+                (torch._dynamo.mark_dynamic if dynamic else torch._dynamo.maybe_mark_dynamic)(tensor, 0)
         with torch.inference_mode():
             try:
                 output = self.forward(*args)

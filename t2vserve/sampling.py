@@ -13,10 +13,18 @@ import torch
 from .samplers import Sampler
 from .spec import CFG_BATCH, ModelGeometry
 
-#: (denoiser entry, sample [2B, C, F, h, w], timestep [2B]) -> model output; the packed K/V is bound inside.
+#: (denoiser entry, sample [n, C, F, h, w], timestep [n]) -> model output; the packed K/V is bound inside and
+#: ``conditioning_rows(kv, n)`` picks its rows: n = 2B, a CFG pair per latent (unconditional half first),
+#: or n = B at guidance 1, conditional only.
 Denoiser = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
 #: Called after every step with (steps done, total steps, the latents after that step); may raise to stop the loop.
 StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def conditioning_rows(kv: torch.Tensor, batch: int) -> torch.Tensor:
+    """The K/V rows of a denoiser call of ``batch`` samples: all of ``kv`` ([negative rows, prompt rows]) for CFG
+    pairs, its last ``batch`` rows (the prompts') for a guidance-free call. A view: no copy, same device."""
+    return kv if batch == kv.shape[0] else kv[kv.shape[0] - batch :]
 
 
 def initial_latents(geometry: ModelGeometry, height: int, width: int, num_frames: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -43,14 +51,19 @@ def denoise(
     precision: str,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Classifier-free guidance with one batch-2 denoiser call per step (unconditional first)."""
+    """Classifier-free guidance with one batch-2 denoiser call per step (unconditional first); at guidance 1
+    (or below) one batch-1 call of the conditional half, as diffusers' ``do_classifier_free_guidance``."""
     trajectory = sampler.trajectory(steps)
     entries = expert_schedule(geometry, precision, trajectory.timesteps)
+    guided = guidance_scale > 1.0
     for index, (t, entry) in enumerate(zip(trajectory.timesteps, entries)):
-        model_input = torch.cat([latents] * CFG_BATCH)
+        model_input = torch.cat([latents] * CFG_BATCH) if guided else latents
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=latents.device)
-        uncond, text = denoiser(entry, model_input, timestep).float().chunk(CFG_BATCH)
-        latents = trajectory.step(index, uncond + guidance_scale * (text - uncond), latents)
+        output = denoiser(entry, model_input, timestep).float()
+        if guided:
+            uncond, text = output.chunk(CFG_BATCH)
+            output = uncond + guidance_scale * (text - uncond)
+        latents = trajectory.step(index, output, latents)
         if on_step is not None:
             on_step(index + 1, steps, latents)
     return latents

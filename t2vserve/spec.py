@@ -39,8 +39,9 @@ PREVIEW = "PREVIEW"  # uint8 [h, w, 3]: the middle latent frame through the mode
 #: Roles of the engine slots (each family declares its slots in ``families/<family>.py``).
 TEXT_ENCODER, KV_PROJECTOR, DENOISER, VAE_DECODER = "text_encoder", "kv_projector", "denoiser", "vae_decoder"
 
-#: Largest batch the denoiser entries accept: Triton's dynamic batcher joins the CFG pairs (batch 2) of
-#: concurrent requests, so this is 4 requests' worth. Each request's pair stays together.
+#: Largest batch the denoiser entries accept: Triton's dynamic batcher joins the CFG pairs (batch 2) and the
+#: guidance-free calls (batch 1, GUIDANCE_SCALE 1) of concurrent requests, so this is 4 to 8 requests' worth.
+#: Each request's pair stays together.
 DENOISER_MAX_BATCH = 8
 #: How long the denoisers' dynamic batcher holds a lone request for a partner. Concurrent requests step
 #: in turn otherwise: while one executes, the other queues alone and is run alone as soon as the first
@@ -48,7 +49,8 @@ DENOISER_MAX_BATCH = 8
 #: clients). A partner's next step arrives one scheduler turnaround (~2 ms) after its output, so the
 #: delay is a little longer than that; it costs a lone request this much per step.
 DENOISER_QUEUE_DELAY_US = 4000
-#: One classifier-free-guidance pair (unconditional + conditional): the batch of one request.
+#: One classifier-free-guidance pair (unconditional + conditional): the batch of one guided request's denoiser
+#: call (a request at GUIDANCE_SCALE 1 sends the conditional half alone, batch 1).
 CFG_BATCH = 2
 #: Scheduler (sampling loop) instances: how many requests can be denoising at once, feeding the batcher.
 SCHEDULER_INSTANCES = 4
@@ -157,6 +159,10 @@ PRESETS: dict[str, Preset] = {
 # --------------------------------------------------------------------------------------------------
 #: PRECISION tracks that are quantized (a draft runs one where the model has it).
 QUANTIZED_TRACKS = ("int8",)
+#: The PRECISION track of a guidance- and step-distilled student (``t2vserve.train.distill``), where the model has one.
+DISTILLED_TRACK = "distilled"
+#: Request parameters a track may default on its own (``ModelGeometry.track_defaults``).
+TRACK_DEFAULT_PARAMETERS = ("STEPS", "GUIDANCE_SCALE")
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("WIDTH", "TYPE_INT32", True, "frame width in pixels"),
     Parameter("NUM_FRAMES", "TYPE_INT32", True, "number of frames"),
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
-    Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp16; wan22: bf16)"),
+    Parameter("PRECISION", "TYPE_STRING", True,
+              "denoiser track of the model (unet3d: int8 default, fp16, distilled where the model has a student; wan22: bf16)"),
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
     Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),
@@ -313,6 +320,16 @@ class ModelGeometry:
     vae_temporal_factor: int = 1  # latent frames = (frames - 1) // factor + 1 when > 1
     boundary_ratio: float | None = None
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    #: PRECISION track -> its own request defaults (a distilled student's STEPS and GUIDANCE_SCALE), over the preset's
+    track_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ranges = self.ranges()
+        for track, values in self.track_defaults.items():
+            for name, value in values.items():
+                if track not in self.tracks or name not in TRACK_DEFAULT_PARAMETERS or not ranges[name].contains(value):
+                    raise ValueError(f"track defaults {track}.{name} = {value!r}: allowed {', '.join(TRACK_DEFAULT_PARAMETERS)} "
+                                     f"of a track of the model, in their ranges")
 
     @property
     def pixel_multiple(self) -> int:
@@ -353,30 +370,37 @@ class ModelGeometry:
             "FPS": FPS_RANGE,
         }
 
-    def defaults(self, tier: str = DEFAULT_TIER) -> dict[str, Any]:
-        """Default of every numeric parameter and PRECISION under quality tier ``tier`` (request PRESET)."""
+    def defaults(self, tier: str = DEFAULT_TIER, precision: str | None = None) -> dict[str, Any]:
+        """Default of every numeric parameter and PRECISION under quality tier ``tier`` (request PRESET) on track
+        ``precision`` (None: the tier's). A track with defaults of its own (``track_defaults``: a distilled student,
+        trained for its step count and guidance) keeps them under every tier."""
         preset, chosen, ranges = self.presets, QUALITY_TIERS[tier], self.ranges()
+        track = precision or self.tier_precision(chosen.precision)
         # one scale for both sides keeps the aspect ratio; raised where a side would fall below its range
         height, width = ranges["HEIGHT"], ranges["WIDTH"]
         scale = max(chosen.resolution_scale, height.grid_values()[0] / preset.height, width.grid_values()[0] / preset.width)
         return {
             "STEPS": STEPS_RANGE.nearest(preset.steps * chosen.steps_scale),
             "GUIDANCE_SCALE": preset.guidance_scale,
+            **self.track_defaults.get(track, {}),
             "HEIGHT": height.nearest(preset.height * scale),
             "WIDTH": width.nearest(preset.width * scale),
             "NUM_FRAMES": ranges["NUM_FRAMES"].nearest(preset.num_frames * chosen.frames_scale),
             "FPS": preset.fps,
-            "PRECISION": self.tier_precision(chosen.precision),
+            "PRECISION": track,
         }
 
     def tier_precision(self, choice: str) -> str:
-        """The PRECISION track a tier's ``precision`` choice means for this model (its default where it has no such track)."""
+        """The PRECISION track a tier's ``precision`` choice means for this model (its default where it has no such
+        track); never a track with defaults of its own (a distilled student is chosen by name)."""
         if choice == "default":
             return self.default_precision
         if choice not in ("quantized", "full"):
             raise ValueError(f"unknown tier precision {choice!r}; known: quantized, default, full")
         quantized = choice == "quantized"
-        return next((track for track in self.tracks if (track in QUANTIZED_TRACKS) == quantized), self.default_precision)
+        tier_tracks = [track for track in self.tracks if track != DISTILLED_TRACK and track not in self.track_defaults]
+        candidates = (track for track in tier_tracks if (track in QUANTIZED_TRACKS) == quantized)
+        return next(candidates, self.default_precision)
 
     def latent_frames(self, num_frames: int) -> int:
         factor = self.vae_temporal_factor

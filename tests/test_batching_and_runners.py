@@ -78,3 +78,32 @@ def test_a_failed_batch_is_logged_before_the_one_by_one_retry(caplog) -> None:
         assert batch_or_each(["a", "b"], lambda requests: ["batched"] * len(requests), str.upper) == ["batched"] * 2
         assert batch_or_each(["a"], failing_batch, str.upper) == ["A"]  # a single request is not a batch
     assert caplog.records == []
+
+
+def test_torch_runner_warms_batch_1_too_with_one_dynamic_graph_above_it() -> None:
+    """The batcher forms batches 1 (guidance-free requests) to max_batch_size: all are warmed before READY; batch
+    2..8 share one graph dynamic in the batch, batch 1 (which torch.compile specialises) has its own, warmed last."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from t2vserve.families import get_family
+    from t2vserve.runners import TorchRunner
+    from t2vserve.spec import DENOISER_MAX_BATCH, KV, NOISE_PRED, SAMPLE, TIMESTEP
+
+    class Toy(torch.nn.Module):
+        def forward(self, sample, timestep, kv):
+            return sample * timestep.view(-1, 1, 1, 1, 1) + kv.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+    counter = CompileCounter()
+    runner = TorchRunner.__new__(TorchRunner)  # the runner's state without a repository: a toy module, compiled
+    runner.module, runner.device, runner.dtype, runner.max_batch = Toy(), torch.device("cpu"), torch.float32, DENOISER_MAX_BATCH
+    runner.forward = torch.compile(runner.module, backend=counter)
+    runner.slot, runner.input_names, runner.output_names = get_family("unet3d").slot("unet"), [SAMPLE, TIMESTEP, KV], [NOISE_PRED]
+    values = {"channels": 4, "latent_frames": 2, "latent_height": 4, "latent_width": 4, "seq": 3, "kv_width": 8}
+    runner.source = {"warmup_values": values, "vocab_size": 2}
+    torch._dynamo.reset()
+    assert list(runner.warm_up()) == [*range(2, DENOISER_MAX_BATCH + 1), 1]
+    assert counter.frame_count == 2
+    for size in (1, 3, 2):  # what the batcher hands over later: no further compile
+        runner.run(runner.slot.example_inputs({**values, "batch": size}, 2))
+    assert counter.frame_count == 2

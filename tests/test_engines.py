@@ -34,7 +34,8 @@ ENGINE_SLOTS = [slot.name for slot in UNET3D.slots()]
 
 
 def _geometry(preset: str) -> ModelGeometry:
-    """Geometries as the unet3d family derives them: the tiny demo model and ModelScope text-to-video-ms."""
+    """Geometries as the unet3d family derives them: the tiny demo model and ModelScope text-to-video-ms, each
+    with a distilled student (every declared track: the optional unet_distilled slot is built too)."""
     tracks = {"geometry": dict(tracks=UNET3D.tracks(), default_precision="int8", samplers=["ddim"])}["geometry"]
     if preset == "tiny":
         layers = [("down.attn2", 8, 4), ("up.0.attn2", 8, 4), ("up.1.attn2", 8, 4), ("mid.attn2", 16, 4)]
@@ -67,8 +68,8 @@ def test_profiles_name_every_onnx_input_with_its_rank(geometry) -> None:
 
 
 EXPECTED_SAMPLE = {  # worked out by hand from the presets: pixels // VAE scale, frames as given
-    "tiny": ((2, 4, 1, 8, 8), (2, 4, 8, 16, 16), (8, 4, 16, 32, 32)),
-    "modelscope": ((2, 4, 8, 32, 32), (2, 4, 24, 40, 72), (8, 4, 32, 72, 128)),
+    "tiny": ((1, 4, 1, 8, 8), (2, 4, 8, 16, 16), (8, 4, 16, 32, 32)),
+    "modelscope": ((1, 4, 8, 32, 32), (2, 4, 24, 40, 72), (8, 4, 32, 72, 128)),
 }
 
 
@@ -77,19 +78,20 @@ def test_unet_profiles_cfg_batch_frames_and_latent_resolution(geometry) -> None:
         (profile,) = engines.slot_profiles(slot, geometry)
         sample = profile[SAMPLE]
         assert (sample.min, sample.opt, sample.max) == EXPECTED_SAMPLE[geometry.preset]
-        assert profile[TIMESTEP] == ShapeRange((2,), (2,), (DENOISER_MAX_BATCH,))
+        # batch 1: a guidance-free request (GUIDANCE_SCALE 1, the distilled track); 2 a CFG pair
+        assert profile[TIMESTEP] == ShapeRange((1,), (2,), (DENOISER_MAX_BATCH,))
         width = geometry.kv_layout.width
-        assert profile[KV] == ShapeRange((2, 77, width), (2, 77, width), (DENOISER_MAX_BATCH, 77, width))
+        assert profile[KV] == ShapeRange((1, 77, width), (2, 77, width), (DENOISER_MAX_BATCH, 77, width))
         # Triton refuses a config whose max_batch_size exceeds what the plan's profile allows
         assert sample.max[0] >= UNET3D.slot(slot).max_batch
 
 
 def test_text_and_vae_profiles(geometry) -> None:
     (text,) = engines.slot_profiles("text_encoder", geometry)
-    assert text["INPUT_IDS"] == ShapeRange((2, 77), (2, 77), (DENOISER_MAX_BATCH, 77))
+    assert text["INPUT_IDS"] == ShapeRange((1, 77), (2, 77), (DENOISER_MAX_BATCH, 77))
     (kv,) = engines.slot_profiles("kv_projector", geometry)
     hidden = geometry.text_hidden_size
-    assert kv["TEXT_EMBEDS"] == ShapeRange((2, 77, hidden), (2, 77, hidden), (DENOISER_MAX_BATCH, 77, hidden))
+    assert kv["TEXT_EMBEDS"] == ShapeRange((1, 77, hidden), (2, 77, hidden), (DENOISER_MAX_BATCH, 77, hidden))
     (vae,) = engines.slot_profiles("vae_decoder", geometry)
     assert vae[LATENTS] == EXPECTED_LATENTS[geometry.preset]  # one clip's latents: [1, C, frames, h, w]
 
@@ -142,12 +144,12 @@ def test_wan22_profiles_latent_frames_and_experts(experts: int) -> None:
     assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32"}
     for entry in geometry.tracks["bf16"]:
         (profile,) = engines.slot_profiles(entry, geometry)
-        assert profile[SAMPLE] == ShapeRange((2, 48, 2, 16, 16), (2, 48, 21, 30, 52), (8, 48, 31, 46, 80))
-        assert profile[KV] == ShapeRange((2, 512, 184320), (2, 512, 184320), (8, 512, 184320))
+        assert profile[SAMPLE] == ShapeRange((1, 48, 2, 16, 16), (2, 48, 21, 30, 52), (8, 48, 31, 46, 80))
+        assert profile[KV] == ShapeRange((1, 512, 184320), (2, 512, 184320), (8, 512, 184320))
     (vae,) = engines.slot_profiles("vae_decoder", geometry)
     assert vae[LATENTS] == ShapeRange((1, 48, 2, 16, 16), (1, 48, 21, 30, 52), (1, 48, 31, 46, 80))
     (text,) = engines.slot_profiles("text_encoder", geometry)
-    assert text["INPUT_IDS"] == ShapeRange((2, 512), (2, 512), (DENOISER_MAX_BATCH, 512))
+    assert text["INPUT_IDS"] == ShapeRange((1, 512), (2, 512), (DENOISER_MAX_BATCH, 512))
 
 
 def test_shape_range_rejects_inconsistent_shapes() -> None:
@@ -163,6 +165,7 @@ def test_precision_per_slot() -> None:
         "kv_projector": "fp16",
         "unet": "fp16",
         "unet_int8": "int8",
+        "unet_distilled": "fp16",
         "vae_decoder": "fp16",
     }
 
@@ -289,7 +292,7 @@ def test_stale_when_spec_implies_other_profiles_or_precision(repo) -> None:
     _built(repo)
     same_model_other_preset = replace(_geometry("tiny"), preset="modelscope")
     reasons = engines.stale_reasons(repo, "unet", same_model_other_preset, A100)
-    assert reasons == ["optimization profiles changed (SAMPLE min [2, 4, 1, 8, 8] -> [2, 4, 8, 64, 64])"]
+    assert reasons == ["optimization profiles changed (SAMPLE min [1, 4, 1, 8, 8] -> [1, 4, 8, 64, 64])"]
     meta_path = repo / "unet_int8" / "1" / "model.plan.json"
     meta = json.loads(meta_path.read_text())
     meta["precision"] = "fp16"
@@ -353,10 +356,10 @@ def _main(
 def test_cli_builds_then_skips(repo) -> None:
     backend = FakeBackend()
     code, out, _ = _main(repo, "--opt-level", "5", "--workspace-gb", "2", backend=backend)
-    assert code == 0 and len(backend.jobs) == 5
+    assert code == 0 and len(backend.jobs) == len(ENGINE_SLOTS)
     assert backend.jobs[0].settings == BuilderSettings(5, 2 * 2**30, str(repo / "t.cache"))
     code, out, _ = _main(repo, "--slots", "unet,vae_decoder", backend=backend)
-    assert code == 0 and len(backend.jobs) == 5 and "unet: up to date" in out and "0 plan(s) built" in out
+    assert code == 0 and len(backend.jobs) == len(ENGINE_SLOTS) and "unet: up to date" in out and "0 plan(s) built" in out
 
 
 def test_cli_check_execs_the_server_only_when_fresh(repo) -> None:

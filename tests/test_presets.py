@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -11,7 +13,7 @@ from t2vserve.demo import stage_times
 from t2vserve.families import get_family
 from t2vserve.params import ParameterError, resolve
 from t2vserve.settings import REPO_ROOT
-from t2vserve.spec import PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
+from t2vserve.spec import DISTILLED_TRACK, PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
 
 #: Pixel multiples (VAE scale x denoiser downsampling) each family's models have, and its VAE's temporal factor.
 FAMILY_GRIDS = {"unet3d": ((8, 64), 1), "wan22": ((16, 32), 4)}
@@ -86,6 +88,32 @@ def test_explicit_parameters_override_the_tier(geometry) -> None:
     overridden = resolve(_prompt(PRESET=b"draft", STEPS=7, PRECISION=b"fp16"), geometry)
     assert (overridden.steps, overridden.precision, overridden.height) == (7, "fp16", draft["HEIGHT"])
     assert resolve(_prompt(SEED=5), geometry) == resolve(_prompt(PRESET=b"standard", SEED=5), geometry)  # no PRESET: standard
+
+
+def test_a_distilled_track_brings_its_own_steps_and_guidance() -> None:
+    """PRECISION=distilled defaults to the student's STEPS and GUIDANCE_SCALE (its track_defaults.json, carried in the
+    geometry) under every tier, unless the request sets them; no tier picks the student by itself."""
+    base = _geometry("tiny", 8)
+    geometry = replace(base, track_defaults={DISTILLED_TRACK: {"STEPS": 4, "GUIDANCE_SCALE": 1.0}})
+    for tier in QUALITY_TIERS:
+        values = geometry.defaults(tier, DISTILLED_TRACK)
+        assert (values["STEPS"], values["GUIDANCE_SCALE"], values["PRECISION"]) == (4, 1.0, DISTILLED_TRACK)
+        assert geometry.defaults(tier)["PRECISION"] != DISTILLED_TRACK
+        assert geometry.defaults(tier)["STEPS"] == base.defaults(tier)["STEPS"]
+    student = resolve(_prompt(PRECISION=DISTILLED_TRACK.encode()), geometry)
+    assert (student.steps, student.guidance_scale, student.precision) == (4, 1.0, DISTILLED_TRACK)
+    explicit = resolve({**_prompt(PRECISION=DISTILLED_TRACK.encode(), STEPS=6), "GUIDANCE_SCALE": np.array([2.0], np.float32)}, geometry)
+    assert (explicit.steps, explicit.guidance_scale) == (6, 2.0)
+    draft = resolve(_prompt(PRESET=b"draft", PRECISION=DISTILLED_TRACK.encode()), geometry)
+    assert (draft.steps, draft.height) == (4, geometry.defaults("draft")["HEIGHT"])  # the tier's size, the student's steps
+    # tracks in another order (t2v_model.json sorts its keys) and a student without defaults: still never a tier's
+    shuffled = replace(base, tracks={DISTILLED_TRACK: ["unet_distilled"], "fp16": ["unet"], "int8": ["unet_int8"]})
+    assert [shuffled.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "int8", "fp16"]
+    for bad in ({"STEPS": 0}, {"SEED": 3}):
+        with pytest.raises(ValueError, match="track defaults"):
+            replace(base, track_defaults={DISTILLED_TRACK: bad})
+    with pytest.raises(ValueError, match="track defaults"):
+        replace(base, tracks={"fp16": ["unet"]}, track_defaults={DISTILLED_TRACK: {"STEPS": 4}})
 
 
 def test_unknown_preset_is_refused_naming_the_allowed_tiers(geometry) -> None:

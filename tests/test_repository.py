@@ -10,6 +10,7 @@ from t2vserve.families import FAMILIES, get_family
 from t2vserve.repository import (
     ENSEMBLE_STEPS,
     RUNNER_PARAMETERS,
+    demo_components,
     ensemble_inputs,
     foreign_entries,
     render_repository,
@@ -22,7 +23,24 @@ from t2vserve.spec import PARAMETERS
 
 
 def test_committed_configs_equal_generated() -> None:
-    assert stale_files(DEFAULT_MODEL_REPOSITORY) == [], "run: python -m t2vserve.repository --write"
+    """The committed repository is the shipped demo model's layout (with its student's entry once it has one)."""
+    optional = demo_components()
+    assert stale_files(DEFAULT_MODEL_REPOSITORY, optional=optional) == [], "run: python -m t2vserve.repository --write"
+    assert foreign_entries(DEFAULT_MODEL_REPOSITORY, optional=optional) == []
+
+
+def test_an_optional_slot_gets_an_entry_only_where_the_model_has_its_component(tmp_path) -> None:
+    """unet_distilled (the distilled student) is served only by a model directory with unet_distilled/."""
+    (slot,) = [s for s in get_family("unet3d").slots() if s.component]
+    assert (slot.name, slot.component) == ("unet_distilled", "unet_distilled")
+    assert f"{slot.name}/config.pbtxt" not in render_repository("unet3d")
+    with_student = render_repository("unet3d", optional={slot.component})
+    assert 'platform: "tensorrt_plan"' in with_student[f"{slot.name}/config.pbtxt"]
+    assert set(with_student) - set(render_repository("unet3d")) == {f"{slot.name}/{rel}" for rel in (
+        "config.pbtxt", "configs/onnxruntime.pbtxt", "configs/torch.pbtxt", "1/model.py")}
+    write_repository(tmp_path, "unet3d", optional={slot.component})
+    with pytest.raises(FileExistsError, match="unet_distilled"):  # Triton would load the student's entry without its model
+        write_repository(tmp_path, "unet3d")
 
 
 FAMILY_LAYOUTS = [(name, experts) for name in sorted(FAMILIES) for experts in (1, 2) if not (name == "unet3d" and experts == 2)]
@@ -30,7 +48,7 @@ FAMILY_LAYOUTS = [(name, experts) for name in sorted(FAMILIES) for experts in (1
 
 @pytest.mark.parametrize("family,experts", FAMILY_LAYOUTS)
 def test_engine_slots_have_tensorrt_default_and_runner_configs(family: str, experts: int) -> None:
-    files = render_repository(family, experts)
+    files = render_repository(family, experts, get_family(family).optional_components(experts))
     for slot in get_family(family).slots(experts):
         config = files[f"{slot.name}/config.pbtxt"]
         assert 'platform: "tensorrt_plan"' in config

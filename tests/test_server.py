@@ -79,15 +79,19 @@ def test_omitted_seed_is_random_and_returned(grpc_client) -> None:
     np.testing.assert_array_equal(grpc_client.generate(GenerationRequest(PROMPT, steps=1, seed=a.seed)).video, a.video)
 
 
-def test_served_clip_equals_diffusers_pipeline(grpc_client, tiny_model_dir, geometry) -> None:
-    """Independent reference: diffusers' own TextToVideoSDPipeline with DDIM, same weights and seed."""
+@pytest.mark.parametrize("guidance", [6.0, 1.0])
+def test_served_clip_equals_diffusers_pipeline(grpc_client, server, tiny_model_dir, geometry, guidance: float) -> None:
+    """Independent reference: diffusers' own TextToVideoSDPipeline with DDIM, same weights and seed. At guidance 1
+    both skip the unconditional branch: the UNet runs once per step at batch 1 (Triton's batch statistics)."""
     from diffusers import DDIMScheduler, TextToVideoSDPipeline
+
+    from t2vserve.bench.common import model_stats
 
     preset = PRESETS[geometry.preset]
     pipe = TextToVideoSDPipeline.from_pretrained(str(tiny_model_dir))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    seed, steps, guidance, negative = 7, 6, 6.0, "low quality"
+    seed, steps, negative = 7, 6, "low quality"
     reference = pipe(
         PROMPT,
         negative_prompt=negative,
@@ -100,12 +104,18 @@ def test_served_clip_equals_diffusers_pipeline(grpc_client, tiny_model_dir, geom
         output_type="np",
     ).frames[0]
     expected = np.round(np.asarray(reference) * 255).astype(int)
+    before = model_stats(server.grpc_url)["unet"]
     served = grpc_client.generate(
         GenerationRequest(PROMPT, negative_prompt=negative, steps=steps, guidance_scale=guidance, seed=seed, precision="fp16")
     ).video.astype(int)
+    after = model_stats(server.grpc_url)["unet"]
     assert served.shape == expected.shape
     diff = np.abs(served - expected)
     assert diff.max() <= MAX_LEVELS and diff.mean() < MEAN_LEVELS, (diff.max(), diff.mean())
+    batch = 2 if guidance > 1 else 1
+    assert after["inferences"] - before["inferences"] == steps * batch  # samples: the CFG pair, or the conditional half
+    executed = after["batches"][batch]["count"] - before["batches"].get(batch, {"count": 0})["count"]
+    assert executed == steps, after["batches"]
 
 
 def _invalid_cases(geometry) -> list[tuple[str, dict, str]]:

@@ -45,7 +45,7 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     print(f"diffusers eager clip ({results['reference_pipeline']}): {results['diffusers_clip_s']:.3f} s", flush=True)
 
     # one denoiser step, CFG as one batch-2 call, at the request's size
-    slots = {slot.role: slot for slot in family.slots_of(geometry) if slot.quantized_from is None}
+    slots = {slot.role: slot for slot in family.slots_of(geometry) if slot.quantized_from is None and slot.component is None}
     shape = geometry.latent_shape(request.height, request.width, request.num_frames, batch=2)
     sample = torch.randn(shape, device=args.device, dtype=dtype)
     timestep = torch.full((2,), 981.0, device=args.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import torch
 from torch import nn
@@ -98,6 +98,9 @@ class Slot:
     quantized_from: str | None = None  # a quantized slot's module is this slot's, quantized by ``recipe``
     recipe: str | None = None  # data/recipes/<recipe>.json (ModelOpt precision recipe) of a quantized slot
     export_module: Callable[[Any, ModelGeometry], nn.Module] | None = None  # what ONNX export runs, when it differs
+    # an optional component directory of the model (e.g. "unet_distilled") the module reads: the slot, and the
+    # track naming it, exist only where the model has it (``Family.components``, ``ModelGeometry.tracks``)
+    component: str | None = None
 
     def onnx_module(self, components: Any, geometry: ModelGeometry) -> nn.Module:
         """The module exported to ONNX (e.g. a decoder unrolled to the preset's longest clip)."""
@@ -134,11 +137,20 @@ class Slot:
         return inputs
 
 
-class LazyComponents:
-    """A model directory's components, each loaded on first access (a runner loads only what its slot uses)."""
+#: In an optional denoiser component's directory: the request defaults of its track, by parameter name
+#: (a distilled student's ``{"STEPS": 4, "GUIDANCE_SCALE": 1.0}``), over the preset's.
+TRACK_DEFAULTS_FILE = "track_defaults.json"
 
-    def __init__(self, loader: Callable[[str], Any]) -> None:
+
+class LazyComponents:
+    """A model directory's components, each loaded on first access (a runner loads only what its slot uses).
+
+    ``present``: the optional components (``Slot.component``) the directory has, with their track defaults.
+    """
+
+    def __init__(self, loader: Callable[[str], Any], present: Mapping[str, dict[str, Any]] | None = None) -> None:
         self._loader, self._loaded = loader, {}
+        self.present = dict(present or {})
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -211,6 +223,10 @@ class Family:
         posterior mode, normalised as the served decoder expects): what the preview decoder is fitted on."""
         raise NotImplementedError
 
+    def save_denoiser(self, module: nn.Module, directory: Path) -> None:
+        """Write a denoiser slot's module (a distilled student) as a diffusers component directory (``save_pretrained``)."""
+        raise NotImplementedError(f"the {self.name} family cannot save a denoiser module")
+
     def stock_denoiser(self, pipe: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """(sample, timestep [B], text embeddings) -> output, as the family's diffusers pipeline calls its denoiser."""
         raise NotImplementedError
@@ -243,10 +259,41 @@ class Family:
         missing = [n for n in self.component_names if not (model_dir / n).is_dir()]
         if missing:
             raise FileNotFoundError(f"{model_dir} is not a diffusers {self.name} directory: no {', '.join(missing)}/")
-        return LazyComponents(lambda name: self.load_component(model_dir, name, dtype))
+        present = {}
+        for name in self.optional_components():
+            if (model_dir / name).is_dir():
+                defaults = model_dir / name / TRACK_DEFAULTS_FILE
+                present[name] = json.loads(defaults.read_text()) if defaults.exists() else {}
+        return LazyComponents(lambda name: self.load_component(model_dir, name, dtype), present)
+
+    def optional_components(self, experts: int = 1) -> tuple[str, ...]:
+        """Every optional component a model directory of this family may have (``Slot.component``)."""
+        return tuple(slot.component for slot in self.slots(experts) if slot.component)
+
+    def layout(self, experts: int = 1, present: Collection[str] = ()) -> tuple[Slot, ...]:
+        """The slots of a model with ``experts`` experts whose directory has the optional components ``present``."""
+        return tuple(slot for slot in self.slots(experts) if slot.component is None or slot.component in present)
+
+    def present_components(self, geometry: ModelGeometry) -> frozenset[str]:
+        """The optional components of the model ``geometry`` describes (those its tracks name)."""
+        entries = {entry for track in geometry.tracks.values() for entry in track}
+        return frozenset(slot.component for slot in self.slots(geometry.experts) if slot.component and slot.name in entries)
+
+    def model_tracks(self, components: Any, experts: int = 1) -> dict[str, Any]:
+        """``ModelGeometry`` fields ``tracks`` and ``track_defaults`` of a loaded model: the declared tracks whose
+        slots it has, with the request defaults its optional components carry (``TRACK_DEFAULTS_FILE``)."""
+        present: dict[str, dict[str, Any]] = getattr(components, "present", {})
+        slots = {slot.name: slot for slot in self.layout(experts, present)}
+        tracks = {track: entries for track, entries in self.tracks(experts).items() if all(e in slots for e in entries)}
+        defaults = {}
+        for track, entries in tracks.items():
+            component = slots[entries[0]].component
+            if component and present[component]:
+                defaults[track] = present[component]
+        return {"tracks": tracks, "track_defaults": defaults}
 
     def slots_of(self, geometry: ModelGeometry) -> tuple[Slot, ...]:
-        return self.slots(geometry.experts)
+        return self.layout(geometry.experts, self.present_components(geometry))
 
     def slot(self, name: str, experts: int = 1) -> Slot:
         for slot in self.slots(experts):
@@ -262,7 +309,7 @@ class Family:
         h_low, h_high = ranges["HEIGHT"].grid_values()
         w_low, w_high = ranges["WIDTH"].grid_values()
         return {
-            "batch": Extent(CFG_BATCH, CFG_BATCH, DENOISER_MAX_BATCH),
+            "batch": Extent(1, CFG_BATCH, DENOISER_MAX_BATCH),  # 1: a guidance-free request (GUIDANCE_SCALE 1)
             "frames": Extent(f_low, preset.num_frames, f_high),
             "latent_frames": Extent(*(geometry.latent_frames(f) for f in (f_low, preset.num_frames, f_high))),
             "height": Extent(h_low, preset.height, h_high),

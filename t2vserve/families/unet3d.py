@@ -8,6 +8,7 @@ declarations (``UNet3DFamily.slots``). The scheduler, the repository and the cli
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, KVLayout, ModelGeometry
+from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, KVLayout, ModelGeometry
 from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, load_model, read_scheduler_config
 
 #: The tiny random-initialised demo model: same architecture as ModelScope, toy widths.
@@ -233,8 +234,9 @@ class VaeDecoderGraph(nn.Module):
 # The family declaration
 # --------------------------------------------------------------------------------------------------
 #: PRECISION -> the UNet entry. "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU
-#: hosts, FP32 under ONNX Runtime; "int8" its Q/DQ twin.
-TRACKS = {"int8": ["unet_int8"], "fp16": ["unet"]}
+#: hosts, FP32 under ONNX Runtime; "int8" its Q/DQ twin; "distilled" the guidance- and step-distilled
+#: student (``t2vserve.train.distill``), where the model directory has ``unet_distilled/``.
+TRACKS = {"int8": ["unet_int8"], "fp16": ["unet"], DISTILLED_TRACK: ["unet_distilled"]}
 
 
 class UNet3DFamily(Family):
@@ -255,6 +257,8 @@ class UNet3DFamily(Family):
             Slot("kv_projector", KV_PROJECTOR, (TEXT_OUT,), (PACKED_KV,), lambda c: KVProjector(c.unet)),
             Slot("unet", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet)),
             Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet", recipe="unet_int8"),
+            # fed the K/V of the teacher's kv_projector (its own to_k/to_v are the teacher's, untouched by distillation)
+            Slot("unet_distilled", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet_distilled), component="unet_distilled"),
             Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
         )
 
@@ -283,7 +287,7 @@ class UNet3DFamily(Family):
             return self.load_tokenizer(Path(path))
         if name == "scheduler_config":
             return read_scheduler_config(model_dir)
-        classes = {"text_encoder": CLIPTextModel, "unet": UNet3DConditionModel, "vae": AutoencoderKL}
+        classes = {"text_encoder": CLIPTextModel, "unet": UNet3DConditionModel, "unet_distilled": UNet3DConditionModel, "vae": AutoencoderKL}
         return load_model(classes[name], Path(path), dtype)
 
     def geometry(self, components: Any, preset: str) -> ModelGeometry:
@@ -299,11 +303,16 @@ class UNet3DFamily(Family):
             text_hidden_size=int(text.config.hidden_size),
             vocab_size=len(components.tokenizer),
             kv_layout=kv_layout(unet),
-            tracks=self.tracks(),
             default_precision=self.default_precision,
             samplers=["ddim"],
             scheduler_config=components.scheduler_config,
+            **self.model_tracks(components),
         )
+
+    def save_denoiser(self, module: nn.Module, directory: Path) -> None:
+        if not isinstance(module, CachedKVUNet):
+            raise TypeError(f"expected a CachedKVUNet, got {type(module).__name__}")
+        copy.deepcopy(module.unet).float().cpu().save_pretrained(str(directory))
 
     def build_tiny_model(self, out_dir: Path, seed: int = 0, **variant: Any) -> Path:
         """Create the tiny random model and save it in diffusers format (``TextToVideoSDPipeline`` layout).

@@ -2,19 +2,19 @@
 
 On the GPU machine (one device call): ``client/gpu_train.sh``. On the CPU, ``--smoke`` runs a few
 steps of every stage (``make test`` does), which checks the whole path but trains nothing useful.
+``python -m t2vserve.train distill ...`` distils a trained model into its few-step student (``distill_cli``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from ..families import DEFAULT_FAMILY, FAMILIES
+from .cli import dataclass_flags, given, quiet_logging
 from .fit import TrainConfig, train
 from .samples import evaluate
 
@@ -22,6 +22,11 @@ SMOKE = {"vae_steps": 2, "vae_batch": 2, "steps": 3, "batch": 2, "warmup": 1, "l
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill"]:
+        from .distill_cli import main as distill_main
+
+        return distill_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY)
     parser.add_argument("--out", type=Path, required=True, help="directory the trained model is saved to (diffusers format)")
@@ -31,20 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seeds", type=int, nargs="*", default=None)
     parser.add_argument("--eval-guidance", type=float, nargs="*", default=[],
                         help="also evaluate at these guidance scales (summaries under guidance_sweep)")
-    for f in fields(TrainConfig):
-        if f.name != "family":
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(f.default, bool):
-                parser.add_argument(flag, action="store_true", default=None)
-            else:
-                parser.add_argument(flag, type=type(f.default), default=None)
+    dataclass_flags(parser, TrainConfig, skip=("family",))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    values = {**(SMOKE if args.smoke else {}), **{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                                                  if f.name != "family" and getattr(args, f.name) is not None}}
-    config = TrainConfig(family=args.family, **values)
+    quiet_logging()
+    config = TrainConfig(family=args.family, **{**(SMOKE if args.smoke else {}), **given(args, TrainConfig, skip=("family",))})
     summary = train(config, args.out, args.device)
     if args.evaluate:
         start = time.perf_counter()

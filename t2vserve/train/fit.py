@@ -57,18 +57,18 @@ class TrainConfig:
     max_seconds: float = 0.0  # 0: none; else a safety stop: the VAE stage ends at 1/4 of it, training at all of it
 
 
-def _schedule(step: int, progress: float, warmup: int) -> float:
+def lr_factor(step: int, progress: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 10 % as ``progress`` goes 0 -> 1."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _after_warmup(step: int, total: int, warmup: int) -> float:
+def after_warmup(step: int, total: int, warmup: int) -> float:
     return (step - warmup) / max(total - warmup, 1)
 
 
-class _Ema:
+class Ema:
     """Exponential moving average of a module's floating-point parameters."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
@@ -112,7 +112,7 @@ class _AuxHeads(nn.Module):
         return total
 
 
-class _Progress:
+class Progress:
     """Loss log lines with throughput and ETA, and the history written to train_log.json."""
 
     def __init__(self, stage: str, total: int, every: int, history: list[dict[str, Any]]) -> None:
@@ -137,7 +137,7 @@ class _Progress:
         self.window.clear()
 
 
-class _Tokens:
+class Tokens:
     """Caption -> token ids as the server tokenizes them (padded to the model's length), memoised."""
 
     def __init__(self, tokenizer: Any, clean: Callable[[str], str]) -> None:
@@ -152,6 +152,13 @@ class _Tokens:
         return torch.stack([self.cache[c] for c in captions]).to(device, non_blocking=True)
 
 
+def attention_kernels(dev: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The attention kernels of the tiny models' training: on CUDA the math backend. The tiny UNet's attention has
+    8-16 wide heads over 8 frames: batched matmuls beat the flash kernels there (H100, one full step of batch 64:
+    132 vs 176 ms; bf16 autocast and FP32/TF32 take the same time: client/gpu_train_profile.py)."""
+    return (lambda: sdpa_kernel([SDPBackend.MATH])) if dev.type == "cuda" else contextlib.nullcontext
+
+
 def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, Any]:
     """Build the family's tiny model in ``out_dir``, train it, save it (diffusers format); returns the log."""
     dev = torch.device(device)
@@ -163,22 +170,19 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     trainer = family.trainer(family.components(out_dir), dev)
     frames = config.frames or PRESETS[family.tiny_preset].num_frames
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    # The tiny UNet's attention has 8-16 wide heads over 8 frames: batched matmuls beat the flash
-    # kernels there (H100, one full step of batch 64: 132 vs 176 ms; bf16 autocast and FP32/TF32 take
-    # the same time: client/gpu_train_profile.py).
-    attention = (lambda: sdpa_kernel([SDPBackend.MATH])) if dev.type == "cuda" else contextlib.nullcontext
+    attention = attention_kernels(dev)
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     budget = config.max_seconds
 
     # -- stage 1: VAE ------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(trainer.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    progress = _Progress("vae", config.vae_steps, config.log_every, history)
+    progress = Progress("vae", config.vae_steps, config.log_every, history)
     vae_steps = 0
     for step in range(config.vae_steps):
         clips, _, _ = world.batch(config.vae_batch, rng, frames, config.size, dev)
         for group in optimizer.param_groups:
-            group["lr"] = config.vae_lr * _schedule(step, _after_warmup(step, config.vae_steps, config.warmup), config.warmup)
+            group["lr"] = config.vae_lr * lr_factor(step, after_warmup(step, config.vae_steps, config.warmup), config.warmup)
         with autocast:
             loss, parts = trainer.vae_loss(clips)
         optimizer.zero_grad(set_to_none=True)
@@ -202,9 +206,9 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     optimizer = torch.optim.AdamW([*models.parameters(), *aux.parameters()], lr=config.lr, weight_decay=0.01,
                                   fused=dev.type == "cuda")
 
-    emas = [_Ema(trainer.text_encoder, config.ema_decay), _Ema(trainer.denoiser, config.ema_decay)]
-    progress = _Progress("denoiser", config.steps, config.log_every, history)
-    tokens = _Tokens(trainer.tokenizer, family.clean_prompt)
+    emas = [Ema(trainer.text_encoder, config.ema_decay), Ema(trainer.denoiser, config.ema_decay)]
+    progress = Progress("denoiser", config.steps, config.log_every, history)
+    tokens = Tokens(trainer.tokenizer, family.clean_prompt)
     steps = 0
     for step in range(config.steps):
         if budget and time.perf_counter() - started > budget:
@@ -213,7 +217,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
         clips, captions, attrs = world.batch(config.batch, rng, frames, config.size, dev, config.drop_caption)
         ids = tokens(captions, dev)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * _schedule(step, _after_warmup(step, config.steps, config.warmup), config.warmup)
+            group["lr"] = config.lr * lr_factor(step, after_warmup(step, config.steps, config.warmup), config.warmup)
         with autocast, attention():
             latents = trainer.encode(clips)
             text = trainer.text_embeddings(ids)

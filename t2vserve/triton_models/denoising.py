@@ -22,7 +22,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from ..samplers import make_sampler
-from ..sampling import StepCallback, denoise, initial_latents
+from ..sampling import StepCallback, conditioning_rows, denoise, initial_latents
 from ..spec import DEADLINE, GEOMETRY_FILE, KV, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
 from .common import RequestCancelled, TimeLimitExceeded, config_parameter, from_torch, infer, model_config, to_torch, version_dir
 
@@ -78,16 +78,21 @@ class DenoisingLoop:
 
         steps = int(scalar("STEPS"))
         guard = StepGuard(is_cancelled, float(scalar(DEADLINE)), float(scalar("TIME_LIMIT_S")), steps)
-        kv_tensor = inputs[KV]
-        kv = to_torch(kv_tensor)
+        kv = to_torch(inputs[KV])
+        # K/V per denoiser batch: the request's tensor as it came for CFG pairs; for a guidance-free call the
+        # prompt's row alone, a view of it on its device (DLPack, no host copy), made once per request
+        kv_rows: dict[int, "pb_utils.Tensor"] = {kv.shape[0]: inputs[KV]}
         latents = initial_latents(
             self.geometry, int(scalar("HEIGHT")), int(scalar("WIDTH")), int(scalar("NUM_FRAMES")), int(scalar("SEED")), device=kv.device
         )
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             guard.check()
+            batch = sample.shape[0]
+            if batch not in kv_rows:
+                kv_rows[batch] = from_torch(KV, conditioning_rows(kv, batch))
             # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
-            (output,) = infer(entry, [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_tensor], [NOISE_PRED])
+            (output,) = infer(entry, [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]], [NOISE_PRED])
             output = to_torch(output)
             if self.assert_device is not None:
                 _assert_on(self.assert_device, kv=kv, sample=sample, output=output)
