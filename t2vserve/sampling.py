@@ -6,12 +6,15 @@ a runner or torch module in-process.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .samplers import Sampler
 from .spec import CFG_BATCH, ModelGeometry
+
+if TYPE_CHECKING:
+    from .step_cache import StepCache
 
 #: (denoiser entry, sample [2B, C, F, h, w], timestep [2B]) -> model output; the packed K/V is bound inside.
 Denoiser = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,8 +45,11 @@ def denoise(
     geometry: ModelGeometry,
     precision: str,
     on_step: StepCallback | None = None,
+    step_cache: StepCache | None = None,
 ) -> torch.Tensor:
     """Classifier-free guidance with one batch-2 denoiser call per step (unconditional first)."""
+    if step_cache is not None:  # t2vserve.step_cache: a step may reuse the previous output instead of a call
+        denoiser = step_cache.wrap(denoiser, steps)
     trajectory = sampler.trajectory(steps)
     entries = expert_schedule(geometry, precision, trajectory.timesteps)
     for index, (t, entry) in enumerate(zip(trajectory.timesteps, entries)):

@@ -16,7 +16,7 @@ from ..families import get_family
 from ..params import ResolvedRequest
 from ..pipeline import InProcessPipeline
 from ..quality.adherence import adherence, matches, read_clip
-from ..quality.report import load_quality_set
+from ..quality.variants import load_quality_set
 from ..video import encode_mp4
 
 
