@@ -50,6 +50,15 @@ STEP_METRICS = {
 }
 
 
+def read_step_metrics(text: str) -> dict[tuple[str, str], float]:
+    """(``STEP_METRICS`` field, model label) -> value, from the text of Triton's metrics endpoint."""
+    values: dict[tuple[str, str], float] = {}
+    for key, (name, _) in STEP_METRICS.items():
+        for model, value in re.findall(rf'^{name}{{[^}}]*model="([^"]+)"[^}}]*}} (\S+)$', text, re.M):
+            values[key, model] = values.get((key, model), 0.0) + float(value)
+    return values
+
+
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     """mean |current - previous| / mean |previous|, a 0-d float32 tensor on their device (no host sync)."""
     previous = previous.float()

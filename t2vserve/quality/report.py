@@ -4,7 +4,7 @@ For the fixed prompts (shapes-world combinations seen in training and held out o
 ``data/quality_set.json``, every clip is generated through the served pipeline (a real tritonserver,
 gRPC) with the family's reference track and with each variant (a named set of request overrides:
 PRECISION, STEP_CACHE, ...). Per variant: PSNR, SSIM (per frame, averaged) and max abs error against
-the reference clip, the adherence detector's score (seen and held-out prompts) and its drop against the
+the reference clip (an identical clip counts as IDENTICAL_PSNR_DB in the mean), the adherence detector's score (seen and held-out prompts) and its drop against the
 reference, denoiser weight bytes, denoiser calls per clip and milliseconds per call (Triton's
 statistics of the denoiser entries), clip latency and speed-up, as markdown (docs/quality.md) and JSON
 (docs/quality.json). The gate (thresholds in the same file) is judged for every variant; it fails the
@@ -30,7 +30,7 @@ from ..quantize import weight_bytes
 from ..server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
 from ..spec import GEOMETRY_FILE, ModelGeometry
 from .adherence import adherence, matches, read_clip
-from .metrics import clip_metrics
+from .metrics import IDENTICAL_PSNR_DB, clip_metrics, mean_psnr_db
 from .variants import QUALITY_SET, Variant, family_variants, load_quality_set
 
 __all__ = ["QUALITY_SET", "evaluate", "gate_failures", "load_quality_set", "markdown", "verdicts"]
@@ -107,7 +107,8 @@ def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, l
     for track in variants:
         rows, s = [c for c in clips if c["variant"] == track.name], tracks_summary[track.name]
         s.update({
-            "mean_psnr_db": float(np.mean([c["psnr_db"] for c in rows])),
+            "mean_psnr_db": mean_psnr_db([c["psnr_db"] for c in rows]),
+            "min_psnr_db": float(min(c["psnr_db"] for c in rows)),
             "mean_ssim": float(np.mean([c["ssim"] for c in rows])),
             "max_abs_error": int(max(c["max_abs_error"] for c in rows)),
             "latency_ratio": s["mean_latency_s"] / ref["mean_latency_s"],
@@ -119,6 +120,7 @@ def evaluate(client: T2VClient, quality_set: dict[str, Any], repository: Path, l
     ref_onnx = repository / reference.denoiser_entries(geometry)[0] / "1" / "model.onnx"
     return {
         "family": geometry.family,
+        "repository": str(repository.resolve().relative_to(REPO_ROOT) if repository.resolve().is_relative_to(REPO_ROOT) else repository),
         "reference": reference.name,
         "reference_weight_bytes_fp16": weight_bytes(ref_onnx)["fp16_equivalent"] * len(reference.denoiser_entries(geometry)),
         "tracks": tracks_summary,
@@ -159,9 +161,11 @@ def markdown(report: dict[str, Any], command: str) -> str:
     lines = [
         f"# Denoiser tracks vs fidelity, prompt adherence and cost ({report['family']})",
         "",
-        f"Model: the trained shapes demo model (`t2vserve/data/trained/`). Reference track `{ref}` (full precision:",
-        "FP32 under ONNX Runtime on this CPU runner). Every clip goes through the served pipeline (tritonserver,",
-        "gRPC, same prompt and seed per row). Command: `" + command + "`.",
+        f"Model: `{report['repository']}` (`make quality`: the trained shapes demo model, `t2vserve/data/trained/`). Reference",
+        f"track `{ref}` (full precision: FP32 under ONNX Runtime on this CPU runner). Every clip goes through the served",
+        "pipeline (tritonserver, gRPC, same prompt and seed per row). Command: `" + command + "`.",
+        "",
+        f"Mean PSNR counts an identical clip (PSNR infinite, e.g. no step skipped) as {IDENTICAL_PSNR_DB:g} dB.",
         "",
         "Adherence: share of clips whose detected colour / shape / motion (``t2vserve.quality.adherence``) equals",
         "the prompt's, on combinations seen in training and on held-out ones.",
@@ -180,7 +184,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
     judged = verdicts(report)
     lines += [
         "",
-        "| track | request | default | PSNR (dB) | SSIM | adherence seen / held-out | adherence drop (points) | denoiser weights (MB) "
+        "| track | request | default | PSNR (dB) mean / worst clip | SSIM | adherence seen / held-out | adherence drop (points) | denoiser weights (MB) "
         "| denoiser calls per clip | ms per call | clip (s) | speed-up | gate |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -188,7 +192,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         a = s["adherence"]
         is_ref = name == ref
         weights = f"{s['weight_bytes'] / 1e6:.2f}" + (f" ({report['reference_weight_bytes_fp16'] / 1e6:.2f} as FP16)" if is_ref else "")
-        quality = "reference | - | " if is_ref else f"{s['mean_psnr_db']:.2f} | {s['mean_ssim']:.4f} | "
+        quality = "reference | - | " if is_ref else f"{s['mean_psnr_db']:.2f} / {s['min_psnr_db']:.1f} | {s['mean_ssim']:.4f} | "
         gate = "-" if is_ref else ("pass" if not judged[name] else "fail") + ("" if s["default"] else " (not default)")
         lines.append(
             f"| {name} | {_overrides(s['overrides'])} | {'yes' if s['default'] else 'no'} | {quality}{a['seen']['all']:.0%} / "
