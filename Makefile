@@ -42,8 +42,10 @@ DEVICE ?= cuda
 train-demo: $(STAMP)
 	$(BIN)/python -m t2vserve.train --family $(MODEL) --device $(DEVICE) --out artifacts/trained-$(MODEL) --evaluate --max-seconds 540
 
+# Two gated reports: the standard tier's tracks (docs/quality.md) and the draft tier's (docs/quality-draft.md).
 quality: model
 	$(BIN)/python -m t2vserve.quality
+	$(BIN)/python -m t2vserve.quality --quality-set t2vserve/data/quality_set_draft.json --out docs/quality-draft.md
 
 sweep: $(STAMP)
 	$(BIN)/python -m t2vserve.quantize sweep

@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preview-every", type=int, default=None, help="with --previews: a preview every N steps (default 1)")
     parser.add_argument("--no-stream", action="store_true", help="call the t2v ensemble: no progress bar, only elapsed time")
     parser.add_argument("--preset", default=None, help="quality tier: draft | standard (default) | final; explicit parameters override it")
-    parser.add_argument("--step-cache", type=float, default=None, help="step cache threshold in [0, 1]: reuse the previous denoiser output while it barely changes (0: off)")
+    parser.add_argument("--step-cache", type=float, default=None,
+                        help="step cache threshold in [0, 1]: reuse the previous denoiser output while it barely changes (0: off)")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--step-cache", type=lambda s: [float(t) for t in s.split(",") if t], default=[],
-                        help="inprocess, cpu: also time the in-process clip with the step cache at these thresholds, e.g. 0.1,0.2 (STEP_CACHE in gpu_bench.sh)")
+                        help="inprocess, cpu: also time the in-process clip with the step cache at these thresholds, "
+                        "e.g. 0.1,0.2 (STEP_CACHE in gpu_bench.sh)")
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")

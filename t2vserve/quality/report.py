@@ -4,10 +4,10 @@ For the fixed prompts (shapes-world combinations seen in training and held out o
 ``data/quality_set.json``, every clip is generated through the served pipeline (a real tritonserver,
 gRPC) with the family's reference track and with each variant (a named set of request overrides:
 PRECISION, STEP_CACHE, ...). Per variant: PSNR, SSIM (per frame, averaged) and max abs error against
-the reference clip (an identical clip counts as IDENTICAL_PSNR_DB in the mean), the adherence detector's score (seen and held-out prompts) and its drop against the
-reference, denoiser weight bytes, denoiser calls per clip and milliseconds per call (Triton's
-statistics of the denoiser entries), clip latency and speed-up, as markdown (docs/quality.md) and JSON
-(docs/quality.json). The gate (thresholds in the same file) is judged for every variant; it fails the
+the reference clip (an identical clip counts as IDENTICAL_PSNR_DB in the mean), the adherence
+detector's score (seen and held-out prompts) and its drop against the reference, denoiser weight
+bytes, denoiser calls per clip and milliseconds per call (Triton's statistics of the denoiser
+entries), clip latency and speed-up, as markdown (docs/quality.md) and JSON (docs/quality.json). The gate (thresholds in the same file) is judged for every variant; it fails the
 command only for variants offered by default (``"default": true``).
 """
 
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "quality.md", help="markdown report; JSON beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    command = "make quality" if argv is None and len(sys.argv) == 1 else "python -m t2vserve.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m t2vserve.quality " + " ".join(given) if given else "make quality"
     start = time.perf_counter()
     log_path = REPO_ROOT / "outputs" / "quality-tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

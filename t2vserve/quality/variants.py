@@ -25,7 +25,10 @@ OVERRIDABLE = {f.name for f in fields(GenerationRequest)} - {"prompt", "seed", "
 
 
 def load_quality_set(path: Path = QUALITY_SET) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """The quality set at ``path``; one with ``"base": FILE`` (beside it) takes what it lacks (prompts, seeds, gate) from FILE."""
+    data = json.loads(Path(path).read_text())
+    base = data.pop("base", None)
+    return {**load_quality_set(Path(path).parent / base), **data} if base else data
 
 
 @dataclass(frozen=True)
