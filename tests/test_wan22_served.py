@@ -127,9 +127,10 @@ def test_invalid_parameters_get_invalid_arg(wan_client) -> None:
 
 
 #: The step cache on the tiny (random-weight) Wan model, 10 UniPC steps: threshold, and the floor of the
-#: cached clip's PSNR against the uncached one (measured: SEE_README).
+#: cached clip's PSNR against the uncached one (measured at 0.3: 5 of 10 steps skipped, 45.1 to 45.8 dB on 24 clips,
+#: docs/bench/step-cache-sweep-wan22.md).
 WAN_STEP_CACHE = 0.3
-WAN_MIN_PSNR_DB = 30.0
+WAN_MIN_PSNR_DB = 38.0
 
 
 def test_step_cache_skips_transformer_executions(wan_server, measure_steps) -> None:
