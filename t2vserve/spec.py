@@ -184,7 +184,8 @@ QUALITY_TIERS: dict[str, QualityTier] = {
     tier.name: tier
     for tier in (
         # draft's step cache: measured on the demo model (docs/bench/step-cache-draft.md, README "Step caching")
-        QualityTier("draft", 0.5, 1.0, 0.5, "quantized", DRAFT_STEP_CACHE, "low latency: half the height and width, half the steps, quantized track, step cache"),
+        QualityTier("draft", 0.5, 1.0, 0.5, "quantized", DRAFT_STEP_CACHE,
+                    "low latency: half the height and width, half the steps, quantized track, step cache"),
         QualityTier("standard", 1.0, 1.0, 1.0, "default", doc="the model preset's defaults (what a request without PRESET gets)"),
         QualityTier("final", 1.0, 1.0, 1.5, "full", doc="quality: 1.5x the steps on the full-precision track"),
     )

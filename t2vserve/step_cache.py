@@ -36,7 +36,9 @@ step is held (no copy). Assumes one denoiser call per step, as ``sampling.denois
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
 import torch
 
 from .sampling import Denoiser

@@ -9,7 +9,7 @@ import torch
 from t2vserve.families import get_family
 from t2vserve.params import ParameterError, resolve
 from t2vserve.spec import QUALITY_TIERS, STEP_CACHE_MAX_CONSECUTIVE_SKIPS, STEP_CACHE_RANGE, KVLayout, ModelGeometry
-from t2vserve.step_cache import StepCache
+from t2vserve.step_cache import STEP_METRICS, StepCache, read_step_metrics
 
 #: Denoiser outputs per step as one value each (the output is that value everywhere): slow change in
 #: the middle, fast at both ends, as the demo models' outputs change (README, Step caching).
@@ -110,3 +110,16 @@ def test_step_cache_parameter_is_validated_and_tier_defaults_apply() -> None:
         assert resolve(tiered, geometry).step_cache == tier.step_cache_threshold
         overridden = resolve({**tiered, "STEP_CACHE": np.array([0.0], dtype=np.float32)}, geometry)
         assert overridden.step_cache == 0.0  # an explicit STEP_CACHE wins over the tier's
+
+
+def test_metrics_are_read_per_model_label() -> None:
+    text = "\n".join([
+        "# HELP t2v_denoising_steps_total ...",
+        't2v_denoising_steps_total{model="scheduler",version="1"} 50',
+        't2v_denoising_steps_total{model="t2v_stream",version="1"} 20',
+        't2v_step_cache_skipped_total{model="scheduler",version="1"} 12',
+        't2v_step_cache_skipped_total{version="1",model="t2v_stream"} 8',
+    ])
+    assert read_step_metrics(text) == {("steps", "scheduler"): 50, ("steps", "t2v_stream"): 20,
+                                       ("skipped", "scheduler"): 12, ("skipped", "t2v_stream"): 8}
+    assert [name for name, _ in STEP_METRICS.values()] == ["t2v_denoising_steps_total", "t2v_step_cache_skipped_total"]
