@@ -107,6 +107,7 @@ class DenoisingLoop:
         )
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            guard.check()
             # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
             (output,) = infer(entry, [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_tensor], [NOISE_PRED])
             output = to_torch(output)
@@ -120,12 +121,11 @@ class DenoisingLoop:
             guard.done = done
             if on_step is not None:
                 on_step(done, total, current, cache.last_cached)
-            if done < total:
-                guard.check()  # before the next step, whether the denoiser runs or the cache serves it
+            if done < total and cache.threshold > 0:
+                guard.check()  # the next step may come from the cache, with no denoiser call to check before
 
         sampler = self.samplers[scalar("SAMPLER").decode("utf-8")]
         precision = scalar("PRECISION").decode("utf-8")
-        guard.check()
         try:
             return denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
         finally:
