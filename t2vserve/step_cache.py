@@ -19,9 +19,9 @@ STEP_CACHE; 0 = off, the wrapper then only counts steps):
 What it follows: TeaCache (Liu et al., 2024, "Timestep Embedding Tells: It's Time to Cache for Video
 Diffusion Model"; diffusers ``hooks/teacache.py``) accumulates a relative L1 distance over steps and
 reuses the cached result while the sum stays under ``rel_l1_thresh``, always computing the first and the
-last step; MagCache (Ma et al., 2025, "Magnitude-aware Cache"; diffusers ``hooks/mag_cache.py``)
-accumulates an error estimate against a threshold, bounds consecutive skips (``max_skip_steps``, K) and
-never skips the first steps; First-Block-Cache (para-attn, diffusers ``hooks/first_block_cache.py``)
+last step; MagCache (Ma et al., 2025, "MagCache: Fast Video Generation with Magnitude-Aware Cache";
+diffusers ``hooks/mag_cache.py``) accumulates an error estimate against a threshold, bounds consecutive
+skips (``max_skip_steps``, K) and never skips the first steps; First-Block-Cache (para-attn, diffusers ``hooks/first_block_cache.py``)
 compares the relative L1 change of a residual with a threshold. Those read the model's inside (the
 timestep-modulated input, the block residuals, calibrated magnitude ratios); an engine slot shows only
 its output, so the rate here is measured on outputs already computed and extrapolated, as EasyCache
