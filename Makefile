@@ -48,8 +48,10 @@ train-demo: $(STAMP)
 distill-demo: $(STAMP)
 	$(BIN)/python -m t2vserve.train distill --device $(DEVICE) --out artifacts/distilled-unet3d --evaluate --max-seconds 300
 
+# Two gated reports: the standard tier's tracks (docs/quality.md) and the draft tier's (docs/quality-draft.md).
 quality: model
 	$(BIN)/python -m t2vserve.quality
+	$(BIN)/python -m t2vserve.quality --quality-set t2vserve/data/quality_set_draft.json --out docs/quality-draft.md
 
 sweep: $(STAMP)
 	$(BIN)/python -m t2vserve.quantize sweep

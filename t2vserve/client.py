@@ -30,6 +30,7 @@ from .spec import (
     PREVIEW,
     REMAINING_S,
     STEP,
+    STEP_CACHED,
     STREAM_MODEL,
     STREAM_PARAMETERS,
     TOTAL_STEPS,
@@ -59,6 +60,7 @@ class GenerationRequest:
     time_limit_s: float | None = None
     preview_every: int | None = None  # t2v_stream only (``T2VClient.stream``): a preview every N steps
     preset: str | None = None  # quality tier: draft | standard | final (explicit parameters override it)
+    step_cache: float | None = None  # step cache threshold (0: off; README, Step caching)
 
     def tensors(self, parameters: Sequence[Parameter] = PARAMETERS) -> dict[str, np.ndarray]:
         """Input arrays by input name, only for the ``parameters`` that are set."""
@@ -90,6 +92,7 @@ class Progress:
     elapsed_s: float  # since the server received the request
     remaining_s: float  # the server's estimate of the denoising left
     preview: np.ndarray | None = None  # uint8 [h, w, 3] every PREVIEW_EVERY steps (gRPC)
+    cached: bool = False  # the step reused the previous denoiser output (STEP_CACHE)
 
 
 #: What ``T2VClient.stream`` yields: a Progress per step, then one GenerationResult.
@@ -158,7 +161,8 @@ class T2VClient:
                     return
                 scalar = lambda name: outputs[name].reshape(-1)[0]  # noqa: E731
                 yield Progress(
-                    int(scalar(STEP)), int(scalar(TOTAL_STEPS)), float(scalar(ELAPSED_S)), float(scalar(REMAINING_S)), outputs.get(PREVIEW)
+                    int(scalar(STEP)), int(scalar(TOTAL_STEPS)), float(scalar(ELAPSED_S)), float(scalar(REMAINING_S)), outputs.get(PREVIEW),
+                    bool(scalar(STEP_CACHED)) if STEP_CACHED in outputs else False,
                 )
 
     def _grpc_events(self, request: GenerationRequest) -> Iterator[dict[str, np.ndarray]]:
@@ -231,7 +235,7 @@ def _json_value(array: np.ndarray) -> Any:
 def _sse_outputs(event: dict[str, Any]) -> dict[str, np.ndarray]:
     """An SSE event's outputs as arrays; VIDEO (flattened by the endpoint) takes its shape from the MP4."""
     if MP4 not in event:
-        return {name: np.asarray(value) for name, value in event.items() if name in (STEP, TOTAL_STEPS, ELAPSED_S, REMAINING_S)}
+        return {name: np.asarray(value) for name, value in event.items() if name in (STEP, TOTAL_STEPS, ELAPSED_S, REMAINING_S, STEP_CACHED)}
     from .video import decode_mp4
 
     mp4 = event[MP4].encode("latin-1")
@@ -284,7 +288,7 @@ class ProgressBar:
         filled = self.WIDTH * progress.step // max(progress.total, 1)
         text = (
             f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] step {progress.step}/{progress.total}, "
-            f"{progress.elapsed_s:.1f} s, ETA {progress.remaining_s:.1f} s"
+            f"{progress.elapsed_s:.1f} s, ETA {progress.remaining_s:.1f} s" + (", cached" if progress.cached else "")
         )
         self.stream.write(f"\r{text}" if self.redraw else f"{text}\n")
         self.stream.flush()
@@ -332,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preview-every", type=int, default=None, help="with --previews: a preview every N steps (default 1)")
     parser.add_argument("--no-stream", action="store_true", help="call the t2v ensemble: no progress bar, only elapsed time")
     parser.add_argument("--preset", default=None, help="quality tier: draft | standard (default) | final; explicit parameters override it")
+    parser.add_argument("--step-cache", type=float, default=None,
+                        help="step cache threshold in [0, 1]: reuse the previous denoiser output while it barely changes (0: off)")
     parser.add_argument("--out", type=Path, default=Path("outputs/clip.mp4"), help="where to write the MP4")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the clip")
     parser.add_argument("--quiet", action="store_true")

@@ -39,6 +39,7 @@ class ResolvedRequest:
     precision: str
     sampler: str
     time_limit_s: float = MAX_TIME_LIMIT_S
+    step_cache: float = 0.0  # the step cache's threshold (0: off)
 
     def resolved(self) -> dict[str, Any]:
         """Resolved parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
@@ -53,6 +54,7 @@ class ResolvedRequest:
             "PRECISION": self.precision,
             "SAMPLER": self.sampler,
             "TIME_LIMIT_S": self.time_limit_s,
+            "STEP_CACHE": self.step_cache,
         }
 
 
@@ -134,6 +136,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         precision=precision,
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
+        step_cache=_number("STEP_CACHE", inputs.get("STEP_CACHE"), defaults["STEP_CACHE"], ranges["STEP_CACHE"], float),
     )
 
 

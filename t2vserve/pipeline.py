@@ -19,6 +19,7 @@ from .params import ResolvedRequest, tokenize_pair
 from .samplers import make_sampler
 from .sampling import conditioning_rows, denoise, initial_latents
 from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
+from .step_cache import StepCache
 from .video import to_uint8_frames
 
 #: Runs one engine slot: (slot name, {input name: tensor}) -> {output name: tensor}.
@@ -49,7 +50,8 @@ class Pipeline:
         return self._run(self.role(KV_PROJECTOR), embeds)
 
     @torch.no_grad()
-    def latents(self, request: ResolvedRequest, observer: DenoiserObserver | None = None) -> torch.Tensor:
+    def latents(self, request: ResolvedRequest, observer: DenoiserObserver | None = None, step_cache: StepCache | None = None) -> torch.Tensor:
+        """Denoised latents; ``step_cache`` (default: one with the request's STEP_CACHE) counts the steps it skipped."""
         kv = self.packed_kv(request.prompt, request.negative_prompt)
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -61,11 +63,12 @@ class Pipeline:
         g = self.geometry
         latents = initial_latents(g, request.height, request.width, request.num_frames, request.seed, self.device)
         sampler = self.samplers[request.sampler]
-        return denoise(denoiser, latents, request.steps, request.guidance_scale, sampler, g, request.precision)
+        cache = step_cache if step_cache is not None else StepCache(request.step_cache)
+        return denoise(denoiser, latents, request.steps, request.guidance_scale, sampler, g, request.precision, step_cache=cache)
 
     @torch.no_grad()
-    def generate(self, request: ResolvedRequest, observer: DenoiserObserver | None = None) -> np.ndarray:
-        frames = self._run(self.role(VAE_DECODER), self.latents(request, observer))
+    def generate(self, request: ResolvedRequest, observer: DenoiserObserver | None = None, step_cache: StepCache | None = None) -> np.ndarray:
+        frames = self._run(self.role(VAE_DECODER), self.latents(request, observer, step_cache))
         return to_uint8_frames(frames.float().cpu().numpy())
 
 

@@ -42,6 +42,7 @@ from .spec import (
     SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
     STEP,
+    STEP_CACHED,
     STREAM_MODEL,
     STREAM_PARAMETERS,
     TEXT_ENCODER,
@@ -170,6 +171,7 @@ PROGRESS_OUTPUTS = [
     TensorDef(TOTAL_STEPS, "TYPE_INT32", (1,)),
     TensorDef(ELAPSED_S, "TYPE_FP32", (1,)),
     TensorDef(REMAINING_S, "TYPE_FP32", (1,)),
+    TensorDef(STEP_CACHED, "TYPE_BOOL", (1,)),
     TensorDef(PREVIEW, "TYPE_UINT8", (-1, -1, 3)),
 ]
 DECOUPLED = "model_transaction_policy { decoupled: true }\n"

@@ -6,12 +6,15 @@ a runner or torch module in-process.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .samplers import Sampler
 from .spec import CFG_BATCH, ModelGeometry
+
+if TYPE_CHECKING:
+    from .step_cache import StepCache
 
 #: (denoiser entry, sample [n, C, F, h, w], timestep [n]) -> model output; the packed K/V is bound inside and
 #: ``conditioning_rows(kv, n)`` picks its rows: n = 2B, a CFG pair per latent (unconditional half first),
@@ -50,9 +53,12 @@ def denoise(
     geometry: ModelGeometry,
     precision: str,
     on_step: StepCallback | None = None,
+    step_cache: StepCache | None = None,
 ) -> torch.Tensor:
     """Classifier-free guidance with one batch-2 denoiser call per step (unconditional first); at guidance 1
     (or below) one batch-1 call of the conditional half, as diffusers' ``do_classifier_free_guidance``."""
+    if step_cache is not None:  # t2vserve.step_cache: a step may reuse the previous output instead of a call
+        denoiser = step_cache.wrap(denoiser, steps)
     trajectory = sampler.trajectory(steps)
     entries = expert_schedule(geometry, precision, trajectory.timesteps)
     guided = guidance_scale > 1.0

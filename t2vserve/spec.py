@@ -35,6 +35,7 @@ TOTAL_STEPS = "TOTAL_STEPS"  # int32 [1]: steps of the request
 ELAPSED_S = "ELAPSED_S"  # fp32 [1]: seconds since the request arrived
 REMAINING_S = "REMAINING_S"  # fp32 [1]: estimated seconds of denoising left (mean step time x steps left)
 PREVIEW = "PREVIEW"  # uint8 [h, w, 3]: the middle latent frame through the model's preview decoder (previews.py)
+STEP_CACHED = "STEP_CACHED"  # bool [1]: the step reused the previous denoiser output (STEP_CACHE), no denoiser call
 
 #: Roles of the engine slots (each family declares its slots in ``families/<family>.py``).
 TEXT_ENCODER, KV_PROJECTOR, DENOISER, VAE_DECODER = "text_encoder", "kv_projector", "denoiser", "vae_decoder"
@@ -163,6 +164,8 @@ QUANTIZED_TRACKS = ("int8",)
 DISTILLED_TRACK = "distilled"
 #: Request parameters a track may default on its own (``ModelGeometry.track_defaults``).
 TRACK_DEFAULT_PARAMETERS = ("STEPS", "GUIDANCE_SCALE")
+#: The draft tier's STEP_CACHE default (the other tiers: 0, off).
+DRAFT_STEP_CACHE = 0.2
 
 
 @dataclass(frozen=True)
@@ -179,14 +182,16 @@ class QualityTier:
     frames_scale: float  # of the preset's frames (1.0: a draft previews the final clip's length)
     steps_scale: float  # of the preset's steps, rounded, inside STEPS_RANGE
     precision: str  # "quantized": a QUANTIZED_TRACKS track where the model has one | "default" | "full": a non-quantized track
-    step_cache_threshold: float = 0.0  # step caching (reuse a denoiser output while inputs barely change): 0 = off; not wired yet
+    step_cache_threshold: float = 0.0  # default STEP_CACHE of the tier's requests (t2vserve.step_cache): 0 = off
     doc: str = ""
 
 
 QUALITY_TIERS: dict[str, QualityTier] = {
     tier.name: tier
     for tier in (
-        QualityTier("draft", 0.5, 1.0, 0.5, "quantized", doc="low latency: half the height and width, half the steps, quantized track"),
+        # draft's step cache: measured on the demo model (docs/bench/step-cache-draft.md, README "Step caching")
+        QualityTier("draft", 0.5, 1.0, 0.5, "quantized", DRAFT_STEP_CACHE,
+                    "low latency: half the height and width, half the steps, quantized track, step cache"),
         QualityTier("standard", 1.0, 1.0, 1.0, "default", doc="the model preset's defaults (what a request without PRESET gets)"),
         QualityTier("final", 1.0, 1.0, 1.5, "full", doc="quality: 1.5x the steps on the full-precision track"),
     )
@@ -199,6 +204,10 @@ SEED_RANGE = Range(0, 2**63 - 1)
 FPS_RANGE = Range(1, 60)
 #: PREVIEW_EVERY: 0 sends no previews, N a preview after every N-th step.
 PREVIEW_EVERY_RANGE = Range(0, 100)
+#: STEP_CACHE: the step cache's threshold (``t2vserve.step_cache``): 0 = off (the default); larger skips more steps.
+STEP_CACHE_RANGE = Range(0.0, 1.0)
+#: Steps in a row the step cache may serve from one computed output (MagCache's K).
+STEP_CACHE_MAX_CONSECUTIVE_SKIPS = 2
 
 
 def time_limit_range(maximum: float = MAX_TIME_LIMIT_S) -> Range:
@@ -231,6 +240,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
     Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),
+    Parameter("STEP_CACHE", "TYPE_FP32", True, "step cache threshold: reuse the previous denoiser output while it barely changes; 0 = off"),
 )
 
 #: Inputs of the streaming entry ``t2v_stream`` beyond PARAMETERS (validated by the stream model itself).
@@ -250,6 +260,7 @@ RESOLVED_PARAMETERS: dict[str, str] = {
     "PRECISION": "TYPE_STRING",
     "SAMPLER": "TYPE_STRING",
     "TIME_LIMIT_S": "TYPE_FP32",
+    "STEP_CACHE": "TYPE_FP32",
 }
 
 
@@ -368,10 +379,11 @@ class ModelGeometry:
             "WIDTH": Range(*preset.width_range, multiple_of=m),
             "NUM_FRAMES": self.frames_range(),
             "FPS": FPS_RANGE,
+            "STEP_CACHE": STEP_CACHE_RANGE,
         }
 
     def defaults(self, tier: str = DEFAULT_TIER, precision: str | None = None) -> dict[str, Any]:
-        """Default of every numeric parameter and PRECISION under quality tier ``tier`` (request PRESET) on track
+        """Default of every numeric parameter PRECISION and STEP_CACHE under quality tier ``tier`` (request PRESET) on track
         ``precision`` (None: the tier's). A track with defaults of its own (``track_defaults``: a distilled student,
         trained for its step count and guidance) keeps them under every tier."""
         preset, chosen, ranges = self.presets, QUALITY_TIERS[tier], self.ranges()
@@ -388,6 +400,7 @@ class ModelGeometry:
             "NUM_FRAMES": ranges["NUM_FRAMES"].nearest(preset.num_frames * chosen.frames_scale),
             "FPS": preset.fps,
             "PRECISION": track,
+            "STEP_CACHE": chosen.step_cache_threshold,
         }
 
     def tier_precision(self, choice: str) -> str:

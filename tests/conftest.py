@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -11,6 +13,7 @@ from t2vserve.export import export_model, trained_model_dir
 from t2vserve.families import get_family
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
+from t2vserve.step_cache import STEP_METRICS, read_step_metrics
 
 
 TEST_CALIBRATION_PROMPTS = 2
@@ -63,3 +66,26 @@ def client(request, server):
 def grpc_client(server):
     with T2VClient(server.grpc_url, "grpc") as c:
         yield c
+
+
+def _step_metrics(server: EmbeddedTritonServer) -> dict[tuple[str, str], float]:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        values = read_step_metrics(response.read().decode())
+    assert {field for field, _ in values} == set(STEP_METRICS), f"step metrics missing on {server.metrics_url}"
+    return values
+
+
+@pytest.fixture(scope="session")
+def measure_steps() -> Callable[..., tuple[Any, int, int, int]]:
+    """``measure(server, run, model, entry)``: (what ``run()`` returns, executions of the denoiser ``entry``
+    meanwhile, and the steps and skipped steps that the metrics of the loop ``model`` counted meanwhile)."""
+    from t2vserve.demo import stage_times
+
+    def measure(server: EmbeddedTritonServer, run: Callable[[], Any], model: str, entry: str) -> tuple[Any, int, int, int]:
+        stats, metrics = stage_times(server.grpc_url), _step_metrics(server)
+        out = run()
+        stats_after, metrics_after = stage_times(server.grpc_url), _step_metrics(server)
+        steps, skipped = (int(metrics_after.get((f, model), 0.0) - metrics.get((f, model), 0.0)) for f in ("steps", "skipped"))
+        return out, stats_after[entry][0] - stats[entry][0], steps, skipped
+
+    return measure

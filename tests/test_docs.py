@@ -3,7 +3,7 @@
 import re
 
 from t2vserve.server import REPO_ROOT
-from t2vserve.spec import FPS_RANGE, GUIDANCE_RANGE, PARAMETERS, PRESETS, PROMPT_MAX_CHARS, STEPS_RANGE
+from t2vserve.spec import DRAFT_STEP_CACHE, FPS_RANGE, GUIDANCE_RANGE, PARAMETERS, PRESETS, PROMPT_MAX_CHARS, STEP_CACHE_RANGE, STEPS_RANGE
 
 
 def _row(readme: str, name: str) -> str:
@@ -19,6 +19,7 @@ def test_readme_parameter_table_matches_spec() -> None:
     assert STEPS_RANGE.describe() in _row(readme, "STEPS")
     assert GUIDANCE_RANGE.describe() in _row(readme, "GUIDANCE_SCALE")
     assert FPS_RANGE.describe() in _row(readme, "FPS")
+    assert STEP_CACHE_RANGE.describe() in _row(readme, "STEP_CACHE") and f"`PRESET=draft`: {DRAFT_STEP_CACHE:g}" in _row(readme, "STEP_CACHE")
     assert f"1..{PROMPT_MAX_CHARS} characters" in _row(readme, "PROMPT")
     for preset in PRESETS.values():
         assert f"{preset.name} {preset.steps}" in _row(readme, "STEPS")

@@ -13,7 +13,7 @@ from t2vserve.demo import stage_times
 from t2vserve.families import get_family
 from t2vserve.params import ParameterError, resolve
 from t2vserve.settings import REPO_ROOT
-from t2vserve.spec import DISTILLED_TRACK, PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
+from t2vserve.spec import DISTILLED_TRACK, DRAFT_STEP_CACHE, PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
 
 #: Pixel multiples (VAE scale x denoiser downsampling) each family's models have, and its VAE's temporal factor.
 FAMILY_GRIDS = {"unet3d": ((8, 64), 1), "wan22": ((16, 32), 4)}
@@ -70,7 +70,12 @@ def test_draft_runs_the_quantized_track_final_the_full_one() -> None:
     unet3d, wan22 = _geometry("modelscope", 64), _geometry("wan22-480p", 32)
     assert [unet3d.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "int8", "fp16"]
     assert [wan22.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["bf16"] * 3  # no quantized track
-    assert "fp16" not in QUANTIZED_TRACKS and all(tier.step_cache_threshold == 0.0 for tier in QUALITY_TIERS.values())
+    assert "fp16" not in QUANTIZED_TRACKS
+
+
+def test_only_the_draft_caches_steps_by_default() -> None:
+    assert {name: tier.step_cache_threshold for name, tier in QUALITY_TIERS.items()} == {"draft": DRAFT_STEP_CACHE, "standard": 0.0, "final": 0.0}
+    assert [_geometry("tiny", 8).defaults(t)["STEP_CACHE"] for t in ("draft", "standard", "final")] == [DRAFT_STEP_CACHE, 0.0, 0.0]
 
 
 def _prompt(**extra) -> dict[str, np.ndarray]:
@@ -121,16 +126,17 @@ def test_unknown_preset_is_refused_naming_the_allowed_tiers(geometry) -> None:
         resolve(_prompt(PRESET=b"ultra"), geometry)
 
 
-def test_served_tiers_route_and_size_the_clip(server, grpc_client, geometry) -> None:
-    """draft: its resolution and steps on the quantized UNet; final (steps overridden): the full-precision UNet."""
+def test_served_tiers_route_and_size_the_clip(server, grpc_client, geometry, measure_steps) -> None:
+    """draft: its resolution and steps on the quantized UNet, its step cache on; final (steps overridden): the full-precision UNet."""
     draft = geometry.defaults("draft")
     before = stage_times(server.grpc_url)
-    clip = grpc_client.generate(GenerationRequest("a blue ball bouncing", seed=2, preset="draft"))
+    run = lambda: grpc_client.generate(GenerationRequest("a blue ball bouncing", seed=2, preset="draft"))  # noqa: E731
+    clip, calls, steps, skipped = measure_steps(server, run, "scheduler", "unet_int8")
     after_draft = stage_times(server.grpc_url)
     grpc_client.generate(GenerationRequest("a blue ball bouncing", seed=2, preset="final", steps=2))
     after_final = stage_times(server.grpc_url)
     assert clip.video.shape == (draft["NUM_FRAMES"], draft["HEIGHT"], draft["WIDTH"], 3)
-    assert after_draft["unet_int8"][0] - before["unet_int8"][0] == draft["STEPS"] and after_draft["unet"][0] == before["unet"][0]
+    assert steps == draft["STEPS"] and calls == steps - skipped and after_draft["unet"][0] == before["unet"][0]
     assert after_final["unet"][0] - after_draft["unet"][0] == 2 and after_final["unet_int8"][0] == after_draft["unet_int8"][0]
     with pytest.raises(InferenceServerException) as info:
         grpc_client.generate(GenerationRequest("a cat", preset="ultra"))

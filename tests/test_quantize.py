@@ -8,9 +8,13 @@ import pytest
 from onnx import numpy_helper
 
 from t2vserve.export import QUANTIZATION_REPORT
+from t2vserve.families import get_family
 from t2vserve.quality.report import evaluate, gate_failures, load_quality_set
+from t2vserve.quality.variants import family_variants
 from t2vserve.quantize import DEFAULT_RECIPE, Recipe
-from t2vserve.quality.report import TRACK_ENTRIES as UNET_TRACKS
+
+#: PRECISION track -> its denoiser entry (one expert).
+UNET_TRACKS = {track: entries[0] for track, entries in get_family("unet3d").tracks().items()}
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +119,34 @@ def test_weight_sizes_are_reported(repository) -> None:
     assert 0.5 < check["mean_abs_onnxruntime_vs_float"] / check["mean_abs_quantized_vs_float"] < 1.5
 
 
-def test_quality_gate_fast_subset(grpc_client, repository) -> None:
+def test_quality_gate_fast_subset(grpc_client, repository, geometry) -> None:
     """Two (prompt, seed) cases of the `make quality` set (a seen and a held-out combination) through the
     real server, against the same gate; the report's PSNR is checked against an independent computation."""
     from t2vserve.client import GenerationRequest
 
     quality_set = load_quality_set()
+    reference, variants = family_variants(quality_set, "unet3d")
     seen = next(p for p in quality_set["prompts"] if not p["held_out"])
     held_out = next(p for p in quality_set["prompts"] if p["held_out"])
     subset = {**quality_set, "prompts": [seen, held_out], "seeds": quality_set["seeds"][:1]}
     report = evaluate(grpc_client, subset, repository)
     summary = report["summary"]["int8"]
-    assert len(report["clips"]) == 2 and len(report["readings"]) == 4
+    assert len(report["clips"]) == 2 * len(variants) and len(report["readings"]) == 2 * (1 + len(variants))
     seed = subset["seeds"][0]
-    for entry, row in zip(subset["prompts"], report["clips"]):
+    for entry, row in zip(subset["prompts"], [c for c in report["clips"] if c["variant"] == "int8"]):
         ref = grpc_client.generate(GenerationRequest(entry["prompt"], seed=seed, precision="fp16")).video
         int8 = grpc_client.generate(GenerationRequest(entry["prompt"], seed=seed, precision="int8")).video
         mse = np.mean((ref.astype(np.float64) - int8.astype(np.float64)) ** 2)
         assert row["psnr_db"] == pytest.approx(10 * np.log10(255.0**2 / mse), abs=1e-6)
-    assert summary["mean_psnr_db"] == pytest.approx(np.mean([c["psnr_db"] for c in report["clips"]]))
+    assert summary["mean_psnr_db"] == pytest.approx(np.mean([c["psnr_db"] for c in report["clips"] if c["variant"] == "int8"]))
     for r in report["readings"]:  # adherence rows compare the detector's reading with the prompt's attributes
         entry = subset["prompts"][0] if r["prompt"] == seen["prompt"] else held_out
         assert r["match"] == {**{k: r["reading"][k] == entry[k] for k in ("colour", "shape", "motion")},
                               "all": all(r["reading"][k] == entry[k] for k in ("colour", "shape", "motion"))}
     assert 0.2 < summary["weight_ratio"] < 0.5
+    steps = geometry.presets.steps  # denoiser calls counted from Triton's statistics: one per step without the cache
+    assert report["tracks"][reference.name]["denoiser_calls_per_clip"] == summary["denoiser_calls_per_clip"] == steps
+    for variant in variants:
+        calls = report["tracks"][variant.name]["denoiser_calls_per_clip"]
+        assert calls < steps if variant.overrides.get("step_cache") else calls == steps, variant
     assert gate_failures(report) == [], summary

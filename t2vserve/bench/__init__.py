@@ -25,7 +25,7 @@ from ..families import family_of
 from ..server import REPO_ROOT
 from ..spec import PRESETS
 from .common import RunnerPipeline, bench_request, load_geometry, timed
-from .inprocess import run_inprocess
+from .inprocess import run_inprocess, step_cache_clips
 from .report import markdown
 from .served import run_served
 
@@ -52,9 +52,10 @@ def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     runners = RunnerPipeline(repository, args.runner, args.device, request.precision)
     runners.clip(request)
     inprocess = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0)
+    cached = step_cache_clips(runners, request, args.step_cache, args.repeats, cuda=False)
     del runners
     results = run_served(args, repository)
-    results["inprocess_clip_s"] = inprocess
+    results["inprocess_clip_s"], results["inprocess_clip_step_cache"] = inprocess, cached
     return results
 
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step-cache", type=lambda s: [float(t) for t in s.split(",") if t], default=[],
+                        help="inprocess, cpu: also time the in-process clip with the step cache at these thresholds, "
+                        "e.g. 0.1,0.2 (STEP_CACHE in gpu_bench.sh)")
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")

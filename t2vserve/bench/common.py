@@ -19,6 +19,7 @@ from ..params import ResolvedRequest
 from ..pipeline import Pipeline
 from ..runners import make_runner
 from ..spec import GEOMETRY_FILE, ModelGeometry
+from ..step_cache import StepCache
 from ..video import encode_mp4
 
 BENCH_PROMPT = "a red panda eating bamboo in a misty forest, cinematic"
@@ -51,8 +52,8 @@ class RunnerPipeline(Pipeline):
         tokenizer = family.load_tokenizer(repository / "preprocess" / "1" / "tokenizer")
         super().__init__(geometry, tokenizer, lambda name, inputs: self.runners[name].run(inputs), device)
 
-    def clip(self, request: ResolvedRequest) -> tuple[np.ndarray, bytes]:
-        video = self.generate(request)
+    def clip(self, request: ResolvedRequest, step_cache: StepCache | None = None) -> tuple[np.ndarray, bytes]:
+        video = self.generate(request, step_cache=step_cache)
         return video, encode_mp4(video, request.fps)
 
 
@@ -104,7 +105,8 @@ def bench_request(geometry: ModelGeometry, steps: int | None, frames: int | None
 
 def as_client_request(r: ResolvedRequest) -> GenerationRequest:
     return GenerationRequest(r.prompt, steps=r.steps, guidance_scale=r.guidance_scale, seed=r.seed, height=r.height,
-                             width=r.width, num_frames=r.num_frames, fps=r.fps, precision=r.precision, sampler=r.sampler)
+                             width=r.width, num_frames=r.num_frames, fps=r.fps, precision=r.precision, sampler=r.sampler,
+                             step_cache=r.step_cache)
 
 
 def model_stats(url: str) -> dict[str, dict[str, Any]]:

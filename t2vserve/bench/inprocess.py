@@ -1,11 +1,13 @@
 """In-process GPU/CPU measurements: diffusers eager end to end, denoiser steps (stock, cached K/V, as the
 runner runs it), FLOPs and share of the measured bf16 peak, VAE decode, peak memory, and the t2vserve
-loop in-process with the repository's runners (what the served path runs, minus Triton)."""
+loop in-process with the repository's runners (what the served path runs, minus Triton), and that clip
+with the step cache at each ``--step-cache`` threshold (seconds, steps skipped)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 
 from ..families import get_family
 from ..spec import DENOISER, KV_PROJECTOR, VAE_DECODER
+from ..step_cache import StepCache
 from .common import RunnerPipeline, bench_request, bf16_matmul_peak, environment, load_geometry, timed
 
 
@@ -89,4 +92,22 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     if cuda:
         results["inprocess_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(f"runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
+    results["inprocess_clip_step_cache"] = step_cache_clips(runners, request, args.step_cache, args.repeats, cuda)
     return results
+
+
+def step_cache_clips(runners: RunnerPipeline, request: Any, thresholds: list[float], repeats: int, cuda: bool) -> dict[str, dict[str, Any]]:
+    """Per threshold: the in-process clip's median seconds with the step cache, and the steps it skipped."""
+    out = {}
+    for threshold in thresholds:
+        caches: list[StepCache] = []
+
+        def clip(threshold: float = threshold) -> None:
+            caches.append(StepCache(threshold))
+            runners.clip(replace(request, step_cache=threshold), step_cache=caches[-1])
+
+        seconds = timed(clip, repeats=repeats, warmup=0, cuda=cuda)
+        stats = caches[-1].stats
+        out[f"{threshold:g}"] = {"seconds": seconds, "steps": stats.steps, "skipped": stats.skipped, "skipped_steps": stats.skipped_steps}
+        print(f"in-process clip with STEP_CACHE={threshold:g}: {seconds:.3f} s, {stats.skipped} of {stats.steps} steps skipped", flush=True)
+    return out

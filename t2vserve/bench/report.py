@@ -9,6 +9,13 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
 
+def step_cache_rows(r: dict[str, Any]) -> list[str]:
+    """'| clip with STEP_CACHE=x: seconds, steps skipped | ... |' per measured threshold (bench.inprocess.step_cache_clips)."""
+    return [f"| in-process clip with STEP_CACHE={threshold}: seconds, steps skipped | {c['seconds']:.2f} s "
+            f"({r['inprocess_clip_s'] / c['seconds']:.2f}x the clip without), {c['skipped']} of {c['steps']} skipped |"
+            for threshold, c in r.get("inprocess_clip_step_cache", {}).items()]
+
+
 def inprocess_table(r: dict[str, Any]) -> list[str]:
     peak = r.get("bf16_matmul_peak_flops")
     share = lambda s: f"{r['denoiser_step_flop'] / s / peak * 100:.0f}%" if peak else "-"  # noqa: E731
@@ -17,6 +24,7 @@ def inprocess_table(r: dict[str, Any]) -> list[str]:
         f"| diffusers eager clip ({r.get('reference_pipeline', 'diffusers')}) | {r['diffusers_clip_s']:.2f} s | |",
         f"| t2vserve loop in-process, runner modules | {r['inprocess_clip_s']:.2f} s | |",
         f"| clip ratio t2vserve in-process / diffusers | {r['inprocess_clip_s'] / r['diffusers_clip_s']:.2f} | |",
+        *(row + " |" for row in step_cache_rows(r)),
         f"| denoiser step (CFG batch 2), stock diffusers (text embeddings), eager | {_ms(r['denoiser_step_stock_eager_s'])} | {share(r['denoiser_step_stock_eager_s'])} |",
         f"| denoiser step, cached K/V, eager | {_ms(r['denoiser_step_cached_kv_eager_s'])} | {share(r['denoiser_step_cached_kv_eager_s'])} |",
         f"| denoiser step, runner (as served) | {_ms(r['denoiser_step_runner_s'])} | {share(r['denoiser_step_runner_s'])} |",
@@ -37,6 +45,7 @@ def served_table(served: dict[str, Any], inprocess: float | None, diffusers: flo
     lines = ["| served measurement | value |", "|---|---|", f"| served clip (gRPC, median) | {served['served_clip_s']:.3f} s |"]
     if inprocess:
         lines.append(f"| serving overhead = served / in-process (same runner) | {served['served_clip_s'] / inprocess:.3f} |")
+        lines += step_cache_rows(served)  # make bench (cpu part) measures them beside the served clip
     if diffusers:
         lines.append(f"| served / diffusers eager | {served['served_clip_s'] / diffusers:.2f} |")
     lines += [

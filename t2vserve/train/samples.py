@@ -21,7 +21,7 @@ from ..params import ResolvedRequest
 from ..pipeline import InProcessPipeline
 from ..quality.adherence import adherence, matches, read_clip
 from ..quality.metrics import clip_metrics
-from ..quality.report import load_quality_set
+from ..quality.variants import load_quality_set
 from ..spec import ModelGeometry
 from ..video import encode_mp4
 

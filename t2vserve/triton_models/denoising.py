@@ -6,9 +6,11 @@ and checks, before every step, whether the client cancelled the request or its T
 
 PRECISION picks the track (the model's ``ModelGeometry.tracks``: unet3d int8 -> ``unet_int8``, fp16 ->
 ``unet``; wan22 bf16 -> ``transformer`` [+ ``transformer_2``, the low-noise expert below the boundary
-timestep]); SAMPLER the sampler (unet3d: ddim; wan22: unipc, euler). Latents are created on the K/V's
-device, so with a GPU runner the whole loop stays on the GPU (DLPack in and out of BLS, no host round
-trip per step).
+timestep]); SAMPLER the sampler (unet3d: ddim; wan22: unipc, euler); STEP_CACHE the step cache's
+threshold (``t2vserve.step_cache``; 0: off). Latents are created on the K/V's device, so with a GPU
+runner the whole loop stays on the GPU (DLPack in and out of BLS, no host round trip per step; the step
+cache adds one scalar per computed step). Each request's steps and skipped steps go to Triton's metrics
+endpoint (``step_cache.STEP_METRICS``, labels model and version).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from ..samplers import make_sampler
-from ..sampling import StepCallback, conditioning_rows, denoise, initial_latents
+from ..sampling import conditioning_rows, denoise, initial_latents
 from ..spec import DEADLINE, GEOMETRY_FILE, KV, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
+from ..step_cache import STEP_METRICS, StepCache, StepCacheStats
 from .common import RequestCancelled, TimeLimitExceeded, config_parameter, from_torch, infer, model_config, to_torch, version_dir
 
 
@@ -49,6 +52,24 @@ class StepGuard:
             )
 
 
+#: Called after every step with (steps done, total steps, the latents after it, whether it reused the previous output).
+ProgressCallback = Callable[[int, int, torch.Tensor, bool], None]
+
+
+class StepMetrics:
+    """The loop's counters (``STEP_METRICS``) as Triton custom metrics; each request adds what it did."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        kind = pb_utils.MetricFamily.COUNTER  # the families must outlive their metrics: keep both
+        self.families = {field: pb_utils.MetricFamily(name=name, description=text, kind=kind) for field, (name, text) in STEP_METRICS.items()}
+        self.metrics = {field: family.Metric(labels=labels) for field, family in self.families.items()}
+
+    def publish(self, stats: StepCacheStats) -> None:
+        for field, metric in self.metrics.items():
+            if getattr(stats, field):
+                metric.increment(getattr(stats, field))
+
+
 def _assert_on(device_type: str, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if tensor.device.type != device_type:
@@ -64,12 +85,13 @@ class DenoisingLoop:
         # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
         # denoiser output live on that device type, i.e. nothing took a host round trip.
         self.assert_device = config_parameter(model_config(args), "assert_device", "") or os.environ.get("T2V_ASSERT_DEVICE") or None
+        self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
 
     def run(
         self,
         inputs: Mapping[str, "pb_utils.Tensor"],
         is_cancelled: Callable[[], bool],
-        on_step: StepCallback | None = None,
+        on_step: ProgressCallback | None = None,
     ) -> torch.Tensor:
         """Denoise; ``is_cancelled`` is asked before every step, ``on_step`` called after each."""
 
@@ -98,11 +120,18 @@ class DenoisingLoop:
                 _assert_on(self.assert_device, kv=kv, sample=sample, output=output)
             return output.to(sample.device)
 
+        cache = StepCache(float(scalar("STEP_CACHE")))
+
         def after_step(done: int, total: int, current: torch.Tensor) -> None:
             guard.done = done
             if on_step is not None:
-                on_step(done, total, current)
+                on_step(done, total, current, cache.last_cached)
+            if done < total and cache.threshold > 0:
+                guard.check()  # the next step may come from the cache, with no denoiser call to check before
 
         sampler = self.samplers[scalar("SAMPLER").decode("utf-8")]
         precision = scalar("PRECISION").decode("utf-8")
-        return denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step)
+        try:
+            return denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
+        finally:
+            self.metrics.publish(cache.stats)

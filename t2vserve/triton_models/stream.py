@@ -3,7 +3,8 @@
 The stages are ``repository.ENSEMBLE_STEPS``, the one list the ensemble is generated from: every entry
 is called through BLS with the same tensor wiring, except ``scheduler``, whose loop
 (``denoising.DenoisingLoop``) runs here so that every step can be reported: STEP, TOTAL_STEPS,
-ELAPSED_S (since the request arrived), REMAINING_S (mean step time x steps left) and, every
+ELAPSED_S (since the request arrived), REMAINING_S (mean step time x steps left), STEP_CACHED (the
+step reused the previous denoiser output: STEP_CACHE) and, every
 PREVIEW_EVERY steps, a PREVIEW frame (``t2vserve.previews``). The last response carries the
 ensemble's outputs (VIDEO, MP4, USED_SEED) and the final flag; so does an error.
 
@@ -35,6 +36,7 @@ from ..spec import (
     PREVIEW,
     REMAINING_S,
     STEP,
+    STEP_CACHED,
     STREAM_CONCURRENCY,
     STREAM_MODEL,
     STREAM_PARAMETERS,
@@ -68,7 +70,7 @@ class ProgressSender:
     def start_loop(self) -> None:
         self.loop_start = time.monotonic()
 
-    def __call__(self, done: int, total: int, latents: torch.Tensor) -> None:
+    def __call__(self, done: int, total: int, latents: torch.Tensor, cached: bool) -> None:
         now = time.monotonic()
         remaining = (now - self.loop_start) / done * (total - done)
         outputs = [
@@ -76,6 +78,7 @@ class ProgressSender:
             pb_utils.Tensor(TOTAL_STEPS, np.array([total], dtype=np.int32)),
             pb_utils.Tensor(ELAPSED_S, np.array([now - self.arrival], dtype=np.float32)),
             pb_utils.Tensor(REMAINING_S, np.array([remaining], dtype=np.float32)),
+            pb_utils.Tensor(STEP_CACHED, np.array([cached], dtype=np.bool_)),
         ]
         if self.preview is not None and self.preview_every and done % self.preview_every == 0:
             outputs.append(pb_utils.Tensor(PREVIEW, self.preview.frame(latents)))

@@ -1,0 +1,75 @@
+"""``make quality``'s tracks as data: named request overrides per family, gated only where offered by default."""
+
+from __future__ import annotations
+
+import pytest
+
+from t2vserve.families import FAMILIES, get_family
+from t2vserve.quality.metrics import IDENTICAL_PSNR_DB, mean_psnr_db
+from t2vserve.quality.report import gate_failures, markdown, verdicts
+from t2vserve.quality.variants import QUALITY_SET, Variant, family_variants, load_quality_set
+from t2vserve.spec import KVLayout, ModelGeometry
+
+DRAFT_SET = QUALITY_SET.parent / "quality_set_draft.json"
+SWEEPS = [QUALITY_SET.parent / name for name in ("sweep_step_cache.json", "sweep_step_cache_draft.json")]
+
+
+def _geometry(family: str) -> ModelGeometry:
+    f = get_family(family)
+    return ModelGeometry(family, f.tiny_preset, 4, 8, 1, 1.0, 77, 32, 100, KVLayout(()), f.tracks(), f.default_precision, ["ddim"])
+
+
+@pytest.mark.parametrize("path", [QUALITY_SET, DRAFT_SET, *SWEEPS])
+def test_every_quality_set_declares_valid_tracks(path) -> None:
+    quality_set = load_quality_set(path)
+    assert quality_set["prompts"] and quality_set["seeds"] and quality_set["gate"]  # a "base" file lends what a set lacks
+    for family in quality_set["families"]:
+        assert family in FAMILIES
+        reference, variants = family_variants(quality_set, family)
+        geometry = _geometry(family)
+        for track in (reference, *variants):
+            assert track.precision(geometry) in geometry.tracks
+            assert track.request("a red circle", 7).seed == 7
+        assert not reference.overrides.get("step_cache")  # the reference runs every step
+
+
+def test_the_default_tracks_are_gated() -> None:
+    """Every track a request gets without asking is a default variant of a gated set (the standard tier's int8, the draft tier)."""
+    unet3d = {v.name: v for v in family_variants(load_quality_set(), "unet3d")[1]}
+    assert unet3d["int8"].default and any(v.overrides.get("step_cache") and not v.default for v in unet3d.values())
+    draft = family_variants(load_quality_set(DRAFT_SET), "unet3d")[1]
+    assert [(v.overrides, v.default) for v in draft] == [({"preset": "draft"}, True)]
+
+
+def test_variant_fields_are_request_fields() -> None:
+    assert Variant.from_dict({"name": "x", "precision": "fp16", "step_cache": 0.2}).overrides == {"precision": "fp16", "step_cache": 0.2}
+    with pytest.raises(ValueError, match="unknown request fields"):
+        Variant.from_dict({"name": "x", "stepcache": 0.2})
+    with pytest.raises(KeyError, match="no tracks for family"):
+        family_variants({"families": {}}, "unet3d")
+    assert Variant("d", {"preset": "draft"}).precision(_geometry("unet3d")) == "int8"  # the tier's track
+
+
+def _summary(psnr: float, default: bool) -> dict:
+    adherence = {"seen": {"all": 0.5}, "held_out": {"all": 0.5}}
+    return {"mean_psnr_db": psnr, "min_psnr_db": psnr, "mean_ssim": 0.99, "adherence_drop_points": 0.0, "default": default,
+            "overrides": {}, "weight_bytes": 1, "denoiser_calls_per_clip": 10.0, "denoiser_ms_per_call": 1.0,
+            "mean_latency_s": 1.0, "speedup": 1.0, "adherence": adherence}
+
+
+def test_gate_fails_the_command_only_for_default_tracks() -> None:
+    gate = {"min_mean_psnr_db": 30.0, "min_mean_ssim": 0.95, "max_adherence_drop_points": 2.0}
+    summary = {"fast": _summary(25.0, default=False), "int8": _summary(40.0, default=True)}
+    report = {"gate": gate, "summary": summary, "family": "unet3d", "repository": "r", "reference": "fp16",
+              "reference_weight_bytes_fp16": 1, "tracks": {"fp16": _summary(0.0, False), **summary},
+              "clips": [], "readings": [], "adherence": {}}
+    assert verdicts(report) == {"fast": ["fast: mean PSNR 25.00 dB < 30.0 dB"], "int8": []}
+    assert gate_failures(report) == []
+    text = markdown(report, "make quality")
+    assert "**pass**" in text and "| fast |" in text and "fail (not default)" in text
+    summary["int8"]["mean_ssim"] = 0.9
+    assert gate_failures(report) == ["int8: mean SSIM 0.9000 < 0.95"]
+
+
+def test_identical_clips_enter_the_mean_psnr_at_a_ceiling() -> None:
+    assert mean_psnr_db([float("inf"), 40.0]) == pytest.approx((IDENTICAL_PSNR_DB + 40.0) / 2)
