@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,34 +30,43 @@ def export_graph(
     opset: int = OPSET,
 ) -> Path:
     """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up, save
-    (external data when > 2 GB)."""
+    (external data when > 2 GB).
+
+    The raw export goes to a scratch directory next to ``path``: above 2 GB the TorchScript exporter
+    writes one external file per tensor beside its graph.
+    """
     import onnx_graphsurgeon as gs
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_suffix(".raw.onnx")
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-raw-", dir=path.parent))
+    raw = scratch / "model.onnx"
     start = time.perf_counter()
-    with torch.no_grad(), warnings.catch_warnings():
-        # Shape checks inside diffusers become constants in the trace; the ONNX Runtime check
-        # on other shapes (export.check_inputs) is what proves the dynamic axes.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            module.eval(),
-            tuple(example_inputs.values()),
-            str(raw),
-            input_names=list(example_inputs),
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(str(raw))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape checks inside diffusers become constants in the trace; the ONNX Runtime check
+            # on other shapes (export.check_inputs) is what proves the dynamic axes.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module.eval(),
+                tuple(example_inputs.values()),
+                str(raw),
+                input_names=list(example_inputs),
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(str(raw))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
     gs_graph = gs.import_onnx(model)
+    del model
     gs_graph.fold_constants().cleanup().toposort()
     model = gs.export_onnx(gs_graph)
-    _remove_onnx(raw)
+    del gs_graph
     _remove_onnx(path)
     large = weights_bytes > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)

@@ -156,7 +156,7 @@ PRESETS: dict[str, Preset] = {
 # Quality tiers: the request parameter PRESET (draft / standard / final)
 # --------------------------------------------------------------------------------------------------
 #: PRECISION tracks that are quantized (a draft runs one where the model has it).
-QUANTIZED_TRACKS = ("int8",)
+QUANTIZED_TRACKS = ("int8", "fp8")
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("WIDTH", "TYPE_INT32", True, "frame width in pixels"),
     Parameter("NUM_FRAMES", "TYPE_INT32", True, "number of frames"),
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
-    Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp16; wan22: bf16)"),
+    Parameter("PRECISION", "TYPE_STRING", True, "denoiser track of the model (unet3d: int8 default, fp8, fp16; wan22: bf16 default, fp8, int8)"),
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
     Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),

@@ -233,8 +233,8 @@ class VaeDecoderGraph(nn.Module):
 # The family declaration
 # --------------------------------------------------------------------------------------------------
 #: PRECISION -> the UNet entry. "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU
-#: hosts, FP32 under ONNX Runtime; "int8" its Q/DQ twin.
-TRACKS = {"int8": ["unet_int8"], "fp16": ["unet"]}
+#: hosts, FP32 under ONNX Runtime; "int8" and "fp8" its Q/DQ twins (INT8; E4M3 for Hopper).
+TRACKS = {"int8": ["unet_int8"], "fp8": ["unet_fp8"], "fp16": ["unet"]}
 
 
 class UNet3DFamily(Family):
@@ -255,6 +255,7 @@ class UNet3DFamily(Family):
             Slot("kv_projector", KV_PROJECTOR, (TEXT_OUT,), (PACKED_KV,), lambda c: KVProjector(c.unet)),
             Slot("unet", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet)),
             Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet", recipe="unet_int8"),
+            Slot("unet_fp8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="fp8", quantized_from="unet", recipe="unet_fp8"),
             Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
         )
 
