@@ -129,10 +129,18 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         width=_number("WIDTH", inputs.get("WIDTH"), defaults["WIDTH"], ranges["WIDTH"], int),
         num_frames=_number("NUM_FRAMES", inputs.get("NUM_FRAMES"), defaults["NUM_FRAMES"], ranges["NUM_FRAMES"], int),
         fps=_number("FPS", inputs.get("FPS"), defaults["FPS"], ranges["FPS"], int),
-        precision=_choice("PRECISION", inputs.get("PRECISION"), defaults["PRECISION"], tuple(geometry.tracks)),
+        precision=_precision(inputs.get("PRECISION"), defaults["PRECISION"], geometry),
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
     )
+
+
+def _precision(value: np.ndarray | None, default: str, geometry: ModelGeometry) -> str:
+    """PRECISION: one of the tracks this server runs; a track of the model that its runner cannot run says so."""
+    if value is not None and _text("PRECISION", value, required=False) in geometry.unserved_tracks:
+        raise ParameterError("PRECISION", f"{_text('PRECISION', value, required=False)!r} is a track of this model that this "
+                             f"server's runner has no kernels for; allowed: {', '.join(geometry.tracks)}")
+    return _choice("PRECISION", value, default, tuple(geometry.tracks))
 
 
 def resolve_preview_every(value: np.ndarray | None) -> int:

@@ -5,9 +5,12 @@ ensemble and Python entries from spec. ``python -m t2vserve.repository --write``
 committed ``model_repository/`` (the default family); ``--check`` (and a test) fails when the files
 on disk differ from what the declarations imply.
 
-Engine slots carry two configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default)
-and ``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file), chosen at server
-start with ``--model-config-name=onnxruntime`` without copying the repository.
+Engine slots carry three configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default),
+``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file) and ``configs/torch.pbtxt``
+(the torch runner), chosen at server start with ``--model-config-name`` without copying the repository.
+A slot whose track a runner has no kernels for (``runners.UNSERVED``: int8 under torch) gets an
+``unavailable`` runner config there, and ``preprocess`` gets a ``configs/<runner>.pbtxt`` whose
+``tracks`` parameter lists the tracks that runner serves (PRECISION is checked against it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
+from .runners import unserved_reason
 from .spec import (
     CONDITIONING_CACHE_BYTES,
     CONDITIONING_MODEL,
@@ -110,6 +114,13 @@ RUNNER_PARAMETERS = {
     "torch": {"runner": "torch", "device": "auto", "dtype": "auto", "compile": "none", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
 }
 TORCH_DENOISER_PARAMETERS = {"compile": "default"}
+
+
+def served_tracks(family: str, experts: int, runner: str) -> list[str]:
+    """The PRECISION tracks ``runner`` serves: those whose every entry it has kernels for (declaration order)."""
+    slots = {slot.name: slot for slot in get_family(family).slots(experts)}
+    tracks = get_family(family).tracks(experts)
+    return [track for track, entries in tracks.items() if all(unserved_reason(runner, slots[e]) is None for e in entries)]
 
 
 def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
@@ -229,6 +240,14 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
             name, inputs, outputs, backend="python", parameters=params, instance_count=count
         )
         files[f"{name}/1/model.py"] = _model_py(module)
+    every_track = list(get_family(family).tracks(experts))
+    for runner in RUNNER_PARAMETERS:  # PRECISION is validated against the tracks the runner serves
+        served = served_tracks(family, experts, runner)
+        if served != every_track:
+            module, inputs, outputs, params = python_entries["preprocess"]
+            files[f"preprocess/configs/{runner}.pbtxt"] = render_config(
+                "preprocess", inputs, outputs, backend="python", parameters={**params, "tracks": ",".join(served)}
+            )
     for slot in get_family(family).slots(experts):
         name, batch = slot.name, slot.max_batch
         inputs, outputs = slot_tensors(slot)
@@ -238,6 +257,9 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1) -> dict[st
         for runner, params in RUNNER_PARAMETERS.items():
             if runner == "torch" and batch:
                 params = {**params, **TORCH_DENOISER_PARAMETERS}
+            reason = unserved_reason(runner, slot)
+            if reason:  # no kernels for this track here: an entry that loads nothing and refuses requests
+                params = {"runner": "unavailable", "reason": reason}
             files[f"{name}/configs/{runner}.pbtxt"] = render_config(
                 name, inputs, outputs, backend="python", parameters=params, max_batch_size=batch
             )

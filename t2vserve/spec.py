@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ PRESETS: dict[str, Preset] = {
 # --------------------------------------------------------------------------------------------------
 # Quality tiers: the request parameter PRESET (draft / standard / final)
 # --------------------------------------------------------------------------------------------------
-#: PRECISION tracks that are quantized (a draft runs one where the model has it).
+#: PRECISION tracks that are quantized, in order of preference (a draft runs the first the server has).
 QUANTIZED_TRACKS = ("int8", "fp8")
 
 
@@ -313,6 +313,21 @@ class ModelGeometry:
     vae_temporal_factor: int = 1  # latent frames = (frames - 1) // factor + 1 when > 1
     boundary_ratio: float | None = None
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    unserved_tracks: list[str] = field(default_factory=list)  # tracks of the model this server's runner cannot run (``served``)
+
+    def served(self, tracks: list[str]) -> "ModelGeometry":
+        """The geometry as a server that runs only ``tracks`` sees it (runner without kernels for the rest).
+
+        The default precision falls back to the first served full-precision track when the model's
+        default is not served (unet3d under the torch runner: int8 -> fp16).
+        """
+        kept = {track: entries for track, entries in self.tracks.items() if track in tracks}
+        if not kept:
+            raise ValueError(f"none of the tracks {tracks} is a track of this model ({', '.join(self.tracks)})")
+        default = self.default_precision
+        if default not in kept:
+            default = next((t for t in kept if t not in QUANTIZED_TRACKS), next(iter(kept)))
+        return replace(self, tracks=kept, default_precision=default, unserved_tracks=[t for t in self.tracks if t not in kept])
 
     @property
     def pixel_multiple(self) -> int:
@@ -375,8 +390,9 @@ class ModelGeometry:
             return self.default_precision
         if choice not in ("quantized", "full"):
             raise ValueError(f"unknown tier precision {choice!r}; known: quantized, default, full")
-        quantized = choice == "quantized"
-        return next((track for track in self.tracks if (track in QUANTIZED_TRACKS) == quantized), self.default_precision)
+        if choice == "quantized":  # in QUANTIZED_TRACKS' order of preference (the geometry file does not keep the declaration order)
+            return next((track for track in QUANTIZED_TRACKS if track in self.tracks), self.default_precision)
+        return next((track for track in self.tracks if track not in QUANTIZED_TRACKS), self.default_precision)
 
     def latent_frames(self, num_frames: int) -> int:
         factor = self.vae_temporal_factor

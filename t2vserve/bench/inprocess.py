@@ -14,6 +14,7 @@ import torch
 from ..families import get_family
 from ..spec import DENOISER, KV_PROJECTOR, VAE_DECODER
 from .common import RunnerPipeline, bench_request, bf16_matmul_peak, environment, load_geometry, timed
+from .tracks import inprocess_tracks
 
 
 def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     cuda = args.device == "cuda"
     geometry = load_geometry(repository)
     family = get_family(geometry.family)
-    request = bench_request(geometry, args.steps, args.frames)
+    request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0])
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "family": family.name}
     dtype = family.reference_dtype if cuda else torch.float32
 
@@ -89,4 +90,7 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     if cuda:
         results["inprocess_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(f"runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
+    if args.precisions:
+        del runners, denoiser
+        results["tracks"] = inprocess_tracks(repository, geometry, args, lambda: feeds)
     return results
