@@ -8,6 +8,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -28,9 +29,10 @@ def export_graph(
     dynamic_axes: dict[str, dict[int, str]],
     path: Path,
     opset: int = OPSET,
+    transform: Callable[[onnx.ModelProto], None] | None = None,
 ) -> Path:
-    """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up, save
-    (external data when > 2 GB).
+    """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up,
+    ``transform`` the graph in memory (e.g. fold Q/DQ weights), save (external data when > 2 GB).
 
     The raw export goes to a scratch directory next to ``path``: above 2 GB the TorchScript exporter
     writes one external file per tensor beside its graph.
@@ -61,12 +63,14 @@ def export_graph(
         model = onnx.load(str(raw))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
     gs_graph = gs.import_onnx(model)
     del model
     gs_graph.fold_constants().cleanup().toposort()
     model = gs.export_onnx(gs_graph)
     del gs_graph
+    if transform is not None:
+        transform(model)
+    weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
     _remove_onnx(path)
     large = weights_bytes > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)

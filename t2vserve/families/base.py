@@ -180,6 +180,7 @@ class Family:
     component_names: tuple[str, ...] = ()
     default_precision: str = ""
     tiny_preset: str = ""  # the preset of the family's tiny demo model
+    full_size_preset: str = ""  # the preset of ``build_full_size_model`` in full-size jobs (benchmarks, Q/DQ export)
     reference_dtype: torch.dtype = torch.bfloat16  # the diffusers reference pipeline's dtype on the GPU
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:

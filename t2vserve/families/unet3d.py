@@ -241,6 +241,7 @@ class UNet3DFamily(Family):
     name = "unet3d"
     component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     default_precision = "int8"
+    full_size_preset = "modelscope"
     tiny_preset = "tiny"
     reference_dtype = torch.float16
 

@@ -10,10 +10,10 @@ INT8/FP8 engines and ONNX Runtime executes on the CPU. ``track.quantize_slot`` r
 
 from .calibration import CalibrationSet, CaptureSettings, capture_calibration
 from .ptq import QuantizationSummary, quantize_module
-from .qdq import finish_qdq_graph, fold_weight_quantizers, qdq_counts, weight_bytes
+from .qdq import finish_qdq_graph, finish_qdq_model, fold_weight_quantizers, qdq_counts, weight_bytes
 from .recipe import CALIBRATION_METHODS, DATA_DIR, DEFAULT_RECIPE, RECIPES_DIR, Recipe
 
 __all__ = [
     "CALIBRATION_METHODS", "DATA_DIR", "DEFAULT_RECIPE", "RECIPES_DIR", "CalibrationSet", "CaptureSettings", "QuantizationSummary", "Recipe",
-    "capture_calibration", "finish_qdq_graph", "fold_weight_quantizers", "qdq_counts", "quantize_module", "weight_bytes",
+    "capture_calibration", "finish_qdq_graph", "finish_qdq_model", "fold_weight_quantizers", "qdq_counts", "quantize_module", "weight_bytes",
 ]

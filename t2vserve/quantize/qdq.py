@@ -3,7 +3,8 @@
 The TorchScript exporter turns every enabled ModelOpt quantizer into QuantizeLinear ->
 DequantizeLinear: ModelOpt's own symbolic for INT8, ``fp8_onnx.standard_fp8_qdq`` for FP8 (the
 standard ops with an E4M3 zero point instead of ModelOpt's custom ``trt::TRT_FP8*`` ops).
-``finish_qdq_graph`` then stores each quantized weight as its INT8 or E4M3 values (QuantizeLinear of a
+``finish_qdq_model`` (in memory, as export saves the graph) or ``finish_qdq_graph`` (a graph on
+disk) then stores each quantized weight as its INT8 or E4M3 values (QuantizeLinear of a
 constant computed once, exactly as ONNX Runtime would at load time), so the file is the size of an
 8-bit model and TensorRT reads weight Q/DQ pairs in their canonical form (8-bit initializer ->
 DequantizeLinear -> Conv/MatMul/Gemm).
@@ -224,6 +225,15 @@ def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:
     }
 
 
+def finish_qdq_model(model: onnx.ModelProto, base: Path = Path(".")) -> dict[str, int]:
+    """Fold the weight quantizers (and FP8 weight transposes) of an in-memory graph; returns ``qdq_counts``."""
+    folded = fold_weight_quantizers(model, base)
+    fold_fp8_weight_transposes(model)
+    counts = qdq_counts(model)
+    log.info("%d weights stored as 8-bit values, %d activation quantizers", folded, counts["activations"])
+    return counts
+
+
 def finish_qdq_graph(path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> dict[str, int]:
     """Fold the weight quantizers of the exported graph at ``path`` in place; returns ``qdq_counts``.
 
@@ -232,12 +242,9 @@ def finish_qdq_graph(path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> di
     """
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    folded = fold_weight_quantizers(model, path.parent)
-    fold_fp8_weight_transposes(model)
-    external = save_graph(model, path, path.parent, threshold)
-    counts = qdq_counts(model)
-    log.info("%s: %d weights stored as 8-bit values, %d activation quantizers%s", path.name, folded, counts["activations"],
-             " (external data)" if external else "")
+    counts = finish_qdq_model(model, path.parent)
+    if save_graph(model, path, path.parent, threshold):
+        log.info("%s: weights as external data", path)
     return counts
 
 

@@ -24,7 +24,7 @@ import torch
 from .calibration import CalibrationSet, CaptureSettings, capture_calibration
 from .fp8_onnx import FP8_OPSET, standard_fp8_qdq
 from .ptq import quantize_module
-from .qdq import finish_qdq_graph, weight_bytes
+from .qdq import finish_qdq_model, weight_bytes
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,12 @@ def quantize_slot(slot: Any, components: Any, geometry: Any, directory: Path, re
     example = {k: v.to(device) for k, v in slot.example_inputs(family.example_values(shapes), geometry.vocab_size).items()}
     mark = time.perf_counter()
     fp8 = recipe.format == "fp8"
-    with standard_fp8_qdq() if fp8 else nullcontext():
-        export_graph(slot.name, quantized, example, slot.output_names, slot.dynamic_axes(), path, opset=FP8_OPSET if fp8 else OPSET)
+    finished: dict[str, dict[str, int]] = {}
+    with standard_fp8_qdq() if fp8 else nullcontext():  # weights folded to 8 bits in memory, before the graph is saved
+        export_graph(slot.name, quantized, example, slot.output_names, slot.dynamic_axes(), path, opset=FP8_OPSET if fp8 else OPSET,
+                     transform=lambda model: finished.update(counts=finish_qdq_model(model)))
+    counts = finished["counts"]
     timings["export_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    counts = finish_qdq_graph(path)
-    timings["finish_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     check = qdq_check(source, quantized, path, slot.example_inputs(family.example_values(shapes, grow=1), geometry.vocab_size, seed=1), slot.output_names)
     timings["check_s"] = time.perf_counter() - mark
