@@ -60,22 +60,54 @@ def export_graph(
                 do_constant_folding=True,
                 dynamo=False,
             )
+        phases = {"torch.onnx.export": time.perf_counter() - start}
         model = onnx.load(str(raw))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    bypass_initializer_identities(model)
+    mark = time.perf_counter()
     gs_graph = gs.import_onnx(model)
     del model
     gs_graph.fold_constants().cleanup().toposort()
     model = gs.export_onnx(gs_graph)
     del gs_graph
+    phases["load + graphsurgeon"] = time.perf_counter() - mark
     if transform is not None:
+        mark = time.perf_counter()
         transform(model)
+        phases["transform"] = time.perf_counter() - mark
     weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
     _remove_onnx(path)
     large = weights_bytes > EXTERNAL_DATA_THRESHOLD
+    mark = time.perf_counter()
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s", name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start)
+    phases["save"] = time.perf_counter() - mark
+    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s (%s)", name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start,
+             ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return path
+
+
+def bypass_initializer_identities(model: onnx.ModelProto) -> int:
+    """Read initializers directly where the TorchScript exporter routed them through Identity nodes; returns how many.
+
+    The exporter writes one copy of identical initializers (e.g. the all-zero E4M3 weights of two
+    zero-initialized layers) and an Identity for the other; graphsurgeon would fold that Identity
+    through numpy, which has no E4M3 type, and store the result as UINT8.
+    """
+    initializers = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(alias)
 
 
 def _remove_onnx(path: Path) -> None:

@@ -160,8 +160,11 @@ class _ConvLinear(torch.nn.Module):
         return self.down(torch.nn.functional.gelu(self.up(h)))
 
 
-def _qdq_graph(tmp_path, fmt: str, threshold: int):
-    """The small module quantized by ModelOpt, exported as Q/DQ ONNX and finished (external data above ``threshold``)."""
+def _qdq_graph(tmp_path, fmt: str, threshold: int, stored: bool = True):
+    """The small module quantized by ModelOpt, exported as Q/DQ ONNX and finished (external data above ``threshold``).
+
+    ``stored``: weights exported as 8-bit values (``store_quantized_weights``, what export does), else as
+    QuantizeLinear(float weight) folded afterwards by ``finish_qdq_graph``."""
     from t2vserve.onnx_export import export_graph
     from t2vserve.quantize import CalibrationSet, quantize_module
     from t2vserve.quantize.fp8_onnx import FP8_OPSET, standard_fp8_qdq
@@ -172,6 +175,10 @@ def _qdq_graph(tmp_path, fmt: str, threshold: int):
     recipe = Recipe("test", fmt, (), 0 if fmt == "int8" else None, {"method": "max"})
     calibration = CalibrationSet([(torch.randn(2, 4, 6, 6),) for _ in range(2)])
     quantized, summary = quantize_module(module, recipe, calibration)
+    if stored:
+        from t2vserve.quantize.stored_weights import store_quantized_weights
+
+        assert store_quantized_weights(quantized, fmt) == summary.quantized_layers
     path = tmp_path / fmt / "model.onnx"
     with standard_fp8_qdq() if fmt == "fp8" else contextlib.nullcontext():
         export_graph("small", quantized, {"x": torch.randn(2, 4, 6, 6)}, ["y"], {"x": {0: "b", 2: "h", 3: "w"}}, path,
@@ -181,15 +188,16 @@ def _qdq_graph(tmp_path, fmt: str, threshold: int):
     return module, quantized, summary, path, counts
 
 
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-weights", "folded-weights"])
 @pytest.mark.parametrize("fmt", ["fp8", "int8"])
-def test_qdq_graph_is_standard_onnx_that_onnxruntime_runs(tmp_path, fmt: str) -> None:
+def test_qdq_graph_is_standard_onnx_that_onnxruntime_runs(tmp_path, fmt: str, stored: bool) -> None:
     """Standard operators only (FP8: opset-19 Q/DQ with E4M3 zero points, no trt:: custom ops), 8-bit weight
     initializers feeding DequantizeLinear -> Conv/MatMul, external data, and the two-sided ONNX Runtime check."""
     from t2vserve.onnx_dynamo import unsupported_ops
     from t2vserve.quantize.qdq import weight_bytes
     from t2vserve.quantize.track import QDQ_ERROR_BAND, qdq_check
 
-    module, quantized, summary, path, counts = _qdq_graph(tmp_path, fmt, threshold=0)
+    module, quantized, summary, path, counts = _qdq_graph(tmp_path, fmt, threshold=0, stored=stored)
     assert (path.parent / "model.onnx.data").exists()  # weights as external data, one file
     model = onnx.load(str(path), load_external_data=False)
     assert unsupported_ops(model) == set()
@@ -218,8 +226,8 @@ def test_inline_and_external_finishing_agree(tmp_path) -> None:
     """The same Q/DQ graph finished inline and through external data computes the same (ONNX Runtime)."""
     from t2vserve.onnx_export import onnxruntime_session
 
-    _, _, _, external, _ = _qdq_graph(tmp_path / "external", "fp8", threshold=0)
-    _, _, _, inline, _ = _qdq_graph(tmp_path / "inline", "fp8", threshold=2**31 - 1)
+    _, _, _, external, _ = _qdq_graph(tmp_path / "external", "fp8", threshold=0, stored=False)
+    _, _, _, inline, _ = _qdq_graph(tmp_path / "inline", "fp8", threshold=2**31 - 1, stored=False)
     assert not (inline.parent / "model.onnx.data").exists()
     x = {"x": np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)}
     (a,), (b,) = (onnxruntime_session(p).run(None, x) for p in (external, inline))
@@ -239,3 +247,51 @@ def test_fp8_unet_is_standard_qdq_shaped_by_its_recipe(repository) -> None:
     assert len(quantized) == report["quantized_layers"] == report["qdq"]["weights"] > 100
     assert not {"/unet/conv_in/Conv", "/unet/conv_out/Conv"} & quantized and not any("time_emb" in n for n in quantized)
     assert report["weight_bytes"]["fp8"] < 0.4 * report["weight_bytes"]["fp32"]
+
+
+def test_fp8_layer_with_an_all_zero_input_keeps_positive_scales(tmp_path) -> None:
+    """A zero-initialized layer (diffusers' temporal convolutions, say) gives its successor an input range of 0:
+    ModelOpt's FP8 fake quantization counts it as 1; so does the export (positive scales, no NaN under ONNX Runtime)."""
+    from t2vserve.onnx_export import export_graph, onnxruntime_session
+    from t2vserve.quantize import CalibrationSet, quantize_module
+    from t2vserve.quantize.fp8_onnx import FP8_OPSET, standard_fp8_qdq
+
+    module = _ConvLinear().eval()
+    torch.nn.init.zeros_(module.conv.weight), torch.nn.init.zeros_(module.conv.bias)  # the Linear layers see zeros
+    recipe = Recipe("test", "fp8", (), None, {"method": "max"})
+    quantized, _ = quantize_module(module, recipe, CalibrationSet([(torch.randn(2, 4, 6, 6),)]))
+    path = tmp_path / "model.onnx"
+    with standard_fp8_qdq():
+        export_graph("zero", quantized, {"x": torch.randn(1, 4, 6, 6)}, ["y"], {"x": {0: "b"}}, path, opset=FP8_OPSET)
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and all(np.all(s > 0) for s in scales)
+    (out,) = onnxruntime_session(path).run(None, {"x": np.ones((1, 4, 6, 6), np.float32)})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, quantized(torch.ones(1, 4, 6, 6)).numpy(), atol=1e-6)
+
+
+def test_identical_e4m3_weights_keep_their_type(tmp_path) -> None:
+    """Two zero-initialized layers have identical E4M3 weights: the TorchScript exporter stores one and routes the
+    other through an Identity, which export reads through (graphsurgeon would fold it to UINT8: no E4M3 in numpy)."""
+    from t2vserve.onnx_export import export_graph, onnxruntime_session
+    from t2vserve.quantize import CalibrationSet, quantize_module
+    from t2vserve.quantize.fp8_onnx import FP8_OPSET, standard_fp8_qdq
+    from t2vserve.quantize.stored_weights import store_quantized_weights
+
+    module = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)).eval()
+    for layer in module[1:]:
+        torch.nn.init.zeros_(layer.weight)
+    quantized, _ = quantize_module(module, Recipe("test", "fp8", (), None, {"method": "max"}), CalibrationSet([(torch.randn(4, 16),)]))
+    store_quantized_weights(quantized, "fp8")
+    path = tmp_path / "model.onnx"
+    with standard_fp8_qdq():
+        export_graph("twins", quantized, {"x": torch.randn(2, 16)}, ["y"], {"x": {0: "b"}}, path, opset=FP8_OPSET)
+    model = onnx.load(str(path))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weights) == 3 and set(weights) == {onnx.TensorProto.FLOAT8E4M3FN}
+    (out,) = onnxruntime_session(path).run(None, {"x": np.ones((1, 16), np.float32)})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, quantized(torch.ones(1, 16)).numpy(), atol=1e-6)

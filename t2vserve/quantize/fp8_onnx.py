@@ -20,13 +20,20 @@ import torch
 #: QuantizeLinear/DequantizeLinear accept FLOAT8E4M3FN zero points from ONNX opset 19.
 FP8_OPSET = 19
 FP8_MAX = 448.0
+#: ModelOpt's FP8 fake quantization treats ranges at or below this as 1 (``tensor_quant._fp8_eager``).
+ZERO_AMAX = 2.0**-24
 
 
 def _export_fp8(g: Any, inputs: Any, amax: float | None, trt_high_precision_dtype: str | None) -> Any:
-    """Per-tensor E4M3 fake quantization as QuantizeLinear(saturate) -> DequantizeLinear, scale amax / 448."""
+    """Per-tensor E4M3 fake quantization as QuantizeLinear(saturate) -> DequantizeLinear, scale amax / 448.
+
+    A range of (almost) zero (a zero-initialized layer's output, say) counts as 1, as ModelOpt's own
+    fake quantization does (``tensor_quant._fp8_eager``): TensorRT wants positive scales, and x / 0 is NaN.
+    """
     from modelopt.torch.quantization.export_onnx import torch_dtype_map
 
-    scale = 1.0 if amax is None else float(amax) / FP8_MAX
+    amax = 1.0 if amax is None or float(amax) <= ZERO_AMAX else float(amax)
+    scale = amax / FP8_MAX
     dtype = torch_dtype_map[inputs.type().scalarType()]
     scale_value = g.op("Constant", value_t=torch.tensor(scale, dtype=dtype))
     zero_point = g.op("Constant", value_t=torch.zeros((), dtype=torch.float8_e4m3fn))

@@ -104,6 +104,14 @@ def run_job(job: str, work: Path, tiny: bool, device: str) -> dict[str, Any]:
     return row
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| graph | format | parameters | files (graph + external data) | weights FP32 -> stored | export (trace, fold, save) "
@@ -114,17 +122,17 @@ def markdown(results: dict[str, Any]) -> str:
         if "qdq" not in row:
             lines.append(f"| {row.get('slot', row['job'])} | {row['job'].split(':')[1]} | | failed: {row.get('error', '?')[:150]} | | | | | | | |")
             continue
-        files = " + ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in row["files"].items() if name.startswith("model.onnx"))
+        files = " + ".join(f"{name} {_bytes(size)}" for name, size in row["files"].items() if name.startswith("model.onnx"))
         t, check = row["timings_s"], row["check"]
         verdict = "in band" if row["check_passed"] else "OUT OF BAND"
         gpu = f"{row['peak_gpu_gib']:.1f} GiB" if "peak_gpu_gib" in row else "-"
         lines.append(
-            f"| {row['slot']} | {row['format']} | {row['parameters'] / 1e9:.2f} B | {files} | {row['weight_bytes']['fp32'] / 2**30:.2f} -> "
-            f"{row['weight_bytes'][row['format']] / 2**30:.2f} GiB | {t['export_s']:.0f} s | {t['capture_s'] + t['quantize_s']:.0f} s "
+            f"| {row['slot']} | {row['format']} | {_count(row['parameters'])} | {files} | {_bytes(row['weight_bytes']['fp32'])} -> "
+            f"{_bytes(row['weight_bytes'][row['format']])} | {t['export_s']:.0f} s | {t['capture_s'] + t['quantize_s']:.0f} s "
             f"| {check['ratio']:.2f} ({verdict}; max abs vs float {check['max_abs_onnxruntime_vs_float']:.2e}) | {row['peak_rss_gib']:.1f} GiB "
             f"| {gpu} | {row['wall_s']:.0f} s |"
         )
-    builds = ", ".join(f"{name}: {b['build_s']:.0f} s, {b['model_bytes_on_disk'] / 2**30:.1f} GiB" for name, b in results["models"].items())
+    builds = ", ".join(f"{name}: {b.get('build_s', 0):.0f} s, {_bytes(b.get('model_bytes_on_disk', 0))}" for name, b in results["models"].items())
     return "\n".join(lines + ["", f"Models built (random weights): {builds}.", ""])
 
 

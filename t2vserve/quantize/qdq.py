@@ -230,7 +230,7 @@ def finish_qdq_model(model: onnx.ModelProto, base: Path = Path(".")) -> dict[str
     folded = fold_weight_quantizers(model, base)
     fold_fp8_weight_transposes(model)
     counts = qdq_counts(model)
-    log.info("%d weights stored as 8-bit values, %d activation quantizers", folded, counts["activations"])
+    log.info("%d 8-bit weights (%d folded from QuantizeLinear), %d activation quantizers", counts["weights"], folded, counts["activations"])
     return counts
 
 

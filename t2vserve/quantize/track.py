@@ -26,6 +26,7 @@ from .fp8_onnx import FP8_OPSET, standard_fp8_qdq
 from .ptq import quantize_module
 from .qdq import finish_qdq_model, weight_bytes
 from .recipe import Recipe
+from .stored_weights import store_quantized_weights
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def quantize_slot(slot: Any, components: Any, geometry: Any, directory: Path, re
     source = slot.onnx_module(components, geometry).to(device).eval()
     mark = time.perf_counter()
     quantized, summary = quantize_module(source, recipe, calibration.to(device))
+    store_quantized_weights(quantized, recipe.format)  # 8-bit weight initializers straight from the export
     timings["quantize_s"] = time.perf_counter() - mark
     path = Path(directory) / "model.onnx"
     shapes = replace(geometry, preset=shapes_preset or geometry.preset)
@@ -100,7 +102,7 @@ def quantize_slot(slot: Any, components: Any, geometry: Any, directory: Path, re
     mark = time.perf_counter()
     fp8 = recipe.format == "fp8"
     finished: dict[str, dict[str, int]] = {}
-    with standard_fp8_qdq() if fp8 else nullcontext():  # weights folded to 8 bits in memory, before the graph is saved
+    with standard_fp8_qdq() if fp8 else nullcontext():  # activations: Q/DQ pairs; weights: 8-bit values -> DequantizeLinear
         export_graph(slot.name, quantized, example, slot.output_names, slot.dynamic_axes(), path, opset=FP8_OPSET if fp8 else OPSET,
                      transform=lambda model: finished.update(counts=finish_qdq_model(model)))
     counts = finished["counts"]
@@ -109,7 +111,7 @@ def quantize_slot(slot: Any, components: Any, geometry: Any, directory: Path, re
     check = qdq_check(source, quantized, path, slot.example_inputs(family.example_values(shapes, grow=1), geometry.vocab_size, seed=1), slot.output_names)
     timings["check_s"] = time.perf_counter() - mark
     quant = weight_bytes(path)
-    fp = weight_bytes(source_graph) if source_graph is not None and source_graph.exists() else {"stored": quant["fp32_equivalent"], **quant}
+    fp = weight_bytes(source_graph) if source_graph is not None and source_graph.exists() else {**quant, "stored": quant["fp32_equivalent"]}
     files = sorted(path.parent.glob("model.onnx*"))
     report = {
         "slot": slot.name,
