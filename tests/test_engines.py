@@ -128,7 +128,7 @@ def test_ranges_round_to_allowed_grid_values() -> None:
 def _wan_geometry(experts: int = 1) -> ModelGeometry:
     """Wan2.2 TI2V-5B as the wan22 family derives it (30 blocks of 24 x 128 heads, z48, 16x spatial, 4x temporal)."""
     layers = [(f"blocks.{i}.attn2", 24, 128) for i in range(30)]
-    tracks = {"bf16": ["transformer", "transformer_2"][:experts]}
+    tracks = get_family("wan22").tracks(experts)
     return ModelGeometry("wan22", "wan22-480p", 48, 16, 2, 1.0, 512, 4096, 256384, KVLayout.from_layers(layers), tracks,
                          "bf16", ["unipc", "euler"], vae_temporal_factor=4, boundary_ratio=0.875 if experts == 2 else None)
 
@@ -138,9 +138,11 @@ def test_wan22_profiles_latent_frames_and_experts(experts: int) -> None:
     """Worked out by hand: frames 5..121 (4k+1) -> latent 2..31 (opt 81 -> 21); 256..736 x 256..1280 px -> /16."""
     geometry = _wan_geometry(experts)
     slots = get_family("wan22").slots_of(geometry)
-    assert [s.name for s in slots] == ["text_encoder", "kv_projector", "transformer", "transformer_2"][: 3 + experts - 1] + ["vae_decoder"]
-    assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32"}
-    for entry in geometry.tracks["bf16"]:
+    experts_slots = [e + twin for e in ["transformer", "transformer_2"][:experts] for twin in ("", "_fp8", "_int8")]
+    assert [s.name for s in slots] == ["text_encoder", "kv_projector", *experts_slots, "vae_decoder"]
+    quantized = {e + twin: precision for e in ["transformer", "transformer_2"][:experts] for twin, precision in (("_fp8", "fp8"), ("_int8", "int8+bf16"))}
+    assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32", **quantized}
+    for entry in [e for track in geometry.tracks.values() for e in track]:  # the quantized twins share the expert's profile
         (profile,) = engines.slot_profiles(entry, geometry)
         assert profile[SAMPLE] == ShapeRange((2, 48, 2, 16, 16), (2, 48, 21, 30, 52), (8, 48, 31, 46, 80))
         assert profile[KV] == ShapeRange((2, 512, 184320), (2, 512, 184320), (8, 512, 184320))
@@ -163,6 +165,7 @@ def test_precision_per_slot() -> None:
         "kv_projector": "fp16",
         "unet": "fp16",
         "unet_int8": "int8",
+        "unet_fp8": "fp8",
         "vae_decoder": "fp16",
     }
 
@@ -353,10 +356,10 @@ def _main(
 def test_cli_builds_then_skips(repo) -> None:
     backend = FakeBackend()
     code, out, _ = _main(repo, "--opt-level", "5", "--workspace-gb", "2", backend=backend)
-    assert code == 0 and len(backend.jobs) == 5
+    assert code == 0 and len(backend.jobs) == 6
     assert backend.jobs[0].settings == BuilderSettings(5, 2 * 2**30, str(repo / "t.cache"))
     code, out, _ = _main(repo, "--slots", "unet,vae_decoder", backend=backend)
-    assert code == 0 and len(backend.jobs) == 5 and "unet: up to date" in out and "0 plan(s) built" in out
+    assert code == 0 and len(backend.jobs) == 6 and "unet: up to date" in out and "0 plan(s) built" in out
 
 
 def test_cli_check_execs_the_server_only_when_fresh(repo) -> None:
