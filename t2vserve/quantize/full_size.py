@@ -63,6 +63,16 @@ def build_model(family_name: str, work: Path, tiny: bool, device: str) -> dict[s
     return {"model_dir": str(directory), "build_s": round(time.perf_counter() - start, 1), "model_bytes_on_disk": size}
 
 
+def skip_modelopt_jit_extensions() -> None:
+    """ModelOpt JIT-compiles CUDA fake-quantization extensions at first use (nvcc + ninja, minutes per process);
+    marked absent, it runs its torch implementations, as it does where they fail to build: enough for a
+    two-sample calibration and the check."""
+    from modelopt.torch.quantization import extensions
+
+    for loader in (extensions.get_cuda_ext, extensions.get_cuda_ext_fp8, extensions.get_cuda_ext_mx):
+        loader.extension = None  # type: ignore[attr-defined]
+
+
 def run_job(job: str, work: Path, tiny: bool, device: str) -> dict[str, Any]:
     """One (family, format): quantize its first denoiser slot of that track, export, check, measure, delete the graph."""
     import torch
@@ -73,6 +83,7 @@ def run_job(job: str, work: Path, tiny: bool, device: str) -> dict[str, Any]:
     from .track import QUANTIZATION_REPORT, QdqCheckFailed, quantize_slot
 
     quiet_libraries()
+    skip_modelopt_jit_extensions()
     family_name, fmt = job.split(":")
     family = _family(family_name)
     start = time.perf_counter()
