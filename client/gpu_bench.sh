@@ -5,7 +5,9 @@
 #   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
 # PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
-# EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; the model and repository are
+# EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; PRECISION (e.g. fp16,fp8 for
+# modelscope, bf16,fp8 for wan22) times those tracks side by side, served and in-process, with the
+# kernels each ran (the first track is also the one of the other measurements); the model and repository are
 # kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them.
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
@@ -46,4 +48,4 @@ if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
   ${FRAMES:+--frames "$FRAMES"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "/tmp/t2v-bench-$preset" \
-  --repeats "${REPEATS:-2}" --per-client 2 --out "$out/bench-$preset-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset-$part.log"
+  --repeats "${REPEATS:-2}" --per-client 2 ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset-$part.log"

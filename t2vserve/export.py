@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
 from .previews import PREVIEW_FILE, LatentPreview, fit_preview
-from .quantize import CALIBRATION_METHODS, Recipe, capture_calibration, finish_qdq_graph, quantize_module, weight_bytes
+from .quantize import CALIBRATION_METHODS, CaptureSettings, Recipe
+from .quantize.track import QUANTIZATION_REPORT, capture_trajectories, quantize_slot
 from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
@@ -36,16 +36,8 @@ log = logging.getLogger("t2vserve.export")
 
 #: fp32 ONNX Runtime vs torch on random inputs: max abs difference allowed per graph.
 ONNX_TOLERANCE = 1e-4
-#: A Q/DQ graph under ONNX Runtime must be as far from the floating-point module as the ModelOpt-quantized
-#: torch module is (mean absolute difference), within this band: below it the graph lost its quantizers,
-#: above it the graph computes something else. Not ONNX Runtime vs quantized torch directly: a quantized
-#: UNet is chaotic at the rounding boundaries (a 1e-6 change of its input moves the output as much as
-#: quantization itself, measured), so two correct executions differ by about the quantization error.
-QDQ_ERROR_BAND = (0.5, 1.5)
 #: Entries that need the geometry file (``preprocess`` also gets the tokenizer, ``t2v_stream`` the preview decoder).
 GEOMETRY_ENTRIES = ("preprocess", "scheduler", STREAM_MODEL)
-#: Written next to a quantized denoiser: recipe, calibration, layer counts, weight sizes and its ONNX check.
-QUANTIZATION_REPORT = "quantization.json"
 
 
 def tiny_dir(family: str) -> Path:
@@ -138,15 +130,30 @@ def export_model(
         for slot in slots:
             if slot.quantized_from is None:
                 export_slot(slot, components, geometry, repository / slot.name / "1" / "model.onnx", check)
-        for slot in slots:
-            if slot.quantized_from is not None:
-                slot_recipe = recipe or Recipe.load(str(slot.recipe))
-                quantize_slot(slot, components, geometry, repository, slot_recipe.with_method(calibration_method or slot_recipe.method), calibration_prompts)
+        quantize_slots(components, geometry, repository, [s for s in slots if s.quantized_from is not None], recipe,
+                       CaptureSettings(prompts=calibration_prompts), calibration_method)
     _write_serving_metadata(components, geometry, repository)
     if onnx:  # the fit decodes with the real weights; metadata-only components have none (no previews then)
         write_preview(components, geometry, repository)
     log.info("exported %s into %s in %.1f s", model_dir, repository, time.perf_counter() - start)
     return geometry
+
+
+def quantize_slots(components: Any, geometry: ModelGeometry, repository: Path, slots: list[Slot], recipe: Recipe | None,
+                   capture: CaptureSettings, calibration_method: str | None = None, device: str = "cpu") -> dict[str, dict]:
+    """Quantize ``slots`` (each by ``recipe`` or its declared one); recipes with the same trajectories share one capture."""
+    captures: dict[str, Any] = {}
+    reports = {}
+    for slot in slots:
+        slot_recipe = recipe or Recipe.load(str(slot.recipe))
+        slot_recipe = slot_recipe.with_method(calibration_method or slot_recipe.method)
+        key = json.dumps({k: v for k, v in slot_recipe.calibration.items() if k in ("prompts_file", "seed", "steps", "guidance_scale")})
+        if key not in captures:
+            captures[key] = capture_trajectories(components, geometry, slot_recipe, capture, device)
+        source_graph = repository / str(slot.quantized_from) / "1" / "model.onnx"
+        reports[slot.name] = quantize_slot(slot, components, geometry, repository / slot.name / "1", slot_recipe,
+                                           lambda key=key: captures[key], device, source_graph=source_graph)
+    return reports
 
 
 def _write_serving_metadata(components, geometry: ModelGeometry, repository: Path) -> None:
@@ -172,60 +179,6 @@ def write_preview(components: Any, geometry: ModelGeometry, repository: Path) ->
     seconds = time.perf_counter() - start
     log.info("preview decoder fitted in %.1f s: %.1f uint8 levels from the decode on its fit clips", seconds, preview.fit_error)
     return preview
-
-
-def quantize_slot(slot: Slot, components: Any, geometry: ModelGeometry, repository: Path, recipe: Recipe, prompts: int | None) -> dict:
-    """Calibrate the source module on captured sampler trajectories, write the slot's Q/DQ ONNX and its report."""
-    from .pipeline import InProcessPipeline
-
-    start = time.perf_counter()
-    calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompts)
-    source = slot.onnx_module(components, geometry).eval()
-    quantized, summary = quantize_module(source, recipe, calibration)
-    path = repository / slot.name / "1" / "model.onnx"
-    family = get_family(geometry.family)
-    export_graph(slot.name, quantized, slot.example_inputs(family.example_values(geometry), geometry.vocab_size), slot.output_names, slot.dynamic_axes(), path)
-    counts = finish_qdq_graph(path)
-    inputs = slot.example_inputs(family.example_values(geometry, grow=1), geometry.vocab_size, seed=1)
-    check = _qdq_check(source, quantized, path, inputs, slot.output_names)
-    ratio = check["mean_abs_onnxruntime_vs_float"] / check["mean_abs_quantized_vs_float"]
-    log.info("checked %s: mean |onnxruntime Q/DQ - float torch| = %.2e, %.2f x that of the quantized torch module",
-             slot.name, check["mean_abs_onnxruntime_vs_float"], ratio)
-    if not QDQ_ERROR_BAND[0] <= ratio <= QDQ_ERROR_BAND[1]:
-        raise RuntimeError(f"{slot.name}: the Q/DQ graph's error is {ratio:.2f} x the quantized module's, outside {QDQ_ERROR_BAND}: {check}")
-    fp, quant = weight_bytes(repository / str(slot.quantized_from) / "1" / "model.onnx"), weight_bytes(path)
-    report = {
-        "recipe": recipe.name,
-        "format": recipe.format,
-        "calibration_method": recipe.method,
-        "calibration_samples": len(calibration),
-        "quantized_layers": summary.quantized_layers,
-        "kept_floating_point_layers": summary.kept_layers,
-        "unused_layers": summary.unused_layers,
-        "qdq": counts,
-        "check": check,
-        "weight_bytes": {"fp32": fp["stored"], "fp16": fp["fp16_equivalent"], recipe.format: quant["stored"]},
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    (path.parent / QUANTIZATION_REPORT).write_text(json.dumps(report, indent=2))
-    log.info("%s denoiser weights %.2f MB vs FP16 %.2f MB vs FP32 %.2f MB", recipe.format.upper(), quant["stored"] / 1e6, fp["fp16_equivalent"] / 1e6, fp["stored"] / 1e6)
-    return report
-
-
-def _qdq_check(source: torch.nn.Module, quantized: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], output_names: list[str]) -> dict[str, float]:
-    """Mean/max absolute differences of ONNX Runtime on the Q/DQ graph and of the quantized torch module
-    from the floating-point module, and from each other."""
-    from .onnx_export import onnxruntime_session
-
-    with torch.no_grad():
-        reference, fake = (m(*inputs.values()).float().numpy() for m in (source, quantized))
-    (onnx_out,) = onnxruntime_session(path).run(output_names[:1], {k: v.numpy() for k, v in inputs.items()})
-    pairs = {"onnxruntime_vs_float": (onnx_out, reference), "quantized_vs_float": (fake, reference), "onnxruntime_vs_quantized": (onnx_out, fake)}
-    check = {}
-    for name, (a, b) in pairs.items():
-        check[f"mean_abs_{name}"] = float(np.abs(a - b).mean())
-        check[f"max_abs_{name}"] = float(np.abs(a - b).max())
-    return check
 
 
 def quiet_libraries() -> None:

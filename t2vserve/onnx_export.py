@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -26,41 +29,85 @@ def export_graph(
     dynamic_axes: dict[str, dict[int, str]],
     path: Path,
     opset: int = OPSET,
+    transform: Callable[[onnx.ModelProto], None] | None = None,
 ) -> Path:
-    """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up, save
-    (external data when > 2 GB)."""
+    """Export ``module`` to ``path`` with the TorchScript exporter: trace, fold constants, clean up,
+    ``transform`` the graph in memory (e.g. fold Q/DQ weights), save (external data when > 2 GB).
+
+    The raw export goes to a scratch directory next to ``path``: above 2 GB the TorchScript exporter
+    writes one external file per tensor beside its graph.
+    """
     import onnx_graphsurgeon as gs
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_suffix(".raw.onnx")
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-raw-", dir=path.parent))
+    raw = scratch / "model.onnx"
     start = time.perf_counter()
-    with torch.no_grad(), warnings.catch_warnings():
-        # Shape checks inside diffusers become constants in the trace; the ONNX Runtime check
-        # on other shapes (export.check_inputs) is what proves the dynamic axes.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            module.eval(),
-            tuple(example_inputs.values()),
-            str(raw),
-            input_names=list(example_inputs),
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(str(raw))
-    weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape checks inside diffusers become constants in the trace; the ONNX Runtime check
+            # on other shapes (export.check_inputs) is what proves the dynamic axes.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module.eval(),
+                tuple(example_inputs.values()),
+                str(raw),
+                input_names=list(example_inputs),
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        phases = {"torch.onnx.export": time.perf_counter() - start}
+        model = onnx.load(str(raw))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    bypass_initializer_identities(model)
+    mark = time.perf_counter()
     gs_graph = gs.import_onnx(model)
+    del model
     gs_graph.fold_constants().cleanup().toposort()
     model = gs.export_onnx(gs_graph)
-    _remove_onnx(raw)
+    del gs_graph
+    phases["load + graphsurgeon"] = time.perf_counter() - mark
+    if transform is not None:
+        mark = time.perf_counter()
+        transform(model)
+        phases["transform"] = time.perf_counter() - mark
+    weights_bytes = sum(init.ByteSize() for init in model.graph.initializer)
     _remove_onnx(path)
     large = weights_bytes > EXTERNAL_DATA_THRESHOLD
+    mark = time.perf_counter()
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s", name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start)
+    phases["save"] = time.perf_counter() - mark
+    log.info("exported %s: %d nodes, %.1f MB weights, %.1f s (%s)", name, len(model.graph.node), weights_bytes / 1e6, time.perf_counter() - start,
+             ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return path
+
+
+def bypass_initializer_identities(model: onnx.ModelProto) -> int:
+    """Read initializers directly where the TorchScript exporter routed them through Identity nodes; returns how many.
+
+    The exporter writes one copy of identical initializers (e.g. the all-zero E4M3 weights of two
+    zero-initialized layers) and an Identity for the other; graphsurgeon would fold that Identity
+    through numpy, which has no E4M3 type, and store the result as UINT8.
+    """
+    initializers = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(alias)
 
 
 def _remove_onnx(path: Path) -> None:

@@ -120,7 +120,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
     if unknown:
         raise ParameterError(sorted(unknown)[0], "is not a parameter of this model")
     tier = _choice("PRESET", inputs.get("PRESET"), DEFAULT_TIER, tuple(QUALITY_TIERS))
-    precision = _choice("PRECISION", inputs.get("PRECISION"), geometry.defaults(tier)["PRECISION"], tuple(geometry.tracks))
+    precision = _precision(inputs.get("PRECISION"), geometry.defaults(tier)["PRECISION"], geometry)
     ranges, defaults = geometry.ranges(), geometry.defaults(tier, precision)
     seed, negative = inputs.get("SEED"), inputs.get("NEGATIVE_PROMPT")
     return ResolvedRequest(
@@ -138,6 +138,14 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
         step_cache=_number("STEP_CACHE", inputs.get("STEP_CACHE"), defaults["STEP_CACHE"], ranges["STEP_CACHE"], float),
     )
+
+
+def _precision(value: np.ndarray | None, default: str, geometry: ModelGeometry) -> str:
+    """PRECISION: one of the tracks this server runs; a track of the model that its runner cannot run says so."""
+    if value is not None and _text("PRECISION", value, required=False) in geometry.unserved_tracks:
+        raise ParameterError("PRECISION", f"{_text('PRECISION', value, required=False)!r} is a track of this model that this "
+                             f"server's runner has no kernels for; allowed: {', '.join(geometry.tracks)}")
+    return _choice("PRECISION", value, default, tuple(geometry.tracks))
 
 
 def resolve_preview_every(value: np.ndarray | None) -> int:

@@ -7,9 +7,12 @@ on disk differ from what the declarations imply. An optional slot (``Slot.compon
 student ``unet_distilled``) gets an entry only in the repository of a model that has its component: the
 committed repository follows the shipped demo model (``demo_components``), an export the exported model.
 
-Engine slots carry two configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default)
-and ``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file), chosen at server
-start with ``--model-config-name=onnxruntime`` without copying the repository.
+Engine slots carry three configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default),
+``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file) and ``configs/torch.pbtxt``
+(the torch runner), chosen at server start with ``--model-config-name`` without copying the repository.
+A slot whose track a runner has no kernels for (``runners.UNSERVED``: int8 under torch) gets an
+``unavailable`` runner config there, and ``preprocess`` gets a ``configs/<runner>.pbtxt`` whose
+``tracks`` parameter lists the tracks that runner serves (PRECISION is checked against it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Collection
 
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
+from .runners import unserved_reason
 from .spec import (
     CONDITIONING_CACHE_BYTES,
     CONDITIONING_MODEL,
@@ -114,6 +118,15 @@ RUNNER_PARAMETERS = {
     "torch": {"runner": "torch", "device": "auto", "dtype": "auto", "compile": "none", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
 }
 TORCH_DENOISER_PARAMETERS = {"compile": "default"}
+
+
+def served_tracks(family: str, experts: int, runner: str | None, optional: Collection[str] = ()) -> list[str]:
+    """The PRECISION tracks of a model with the optional components ``optional`` that ``runner`` serves (None:
+    every runner): those whose every entry the model has and the runner has kernels for (declaration order)."""
+    slots = {slot.name: slot for slot in get_family(family).layout(experts, optional)}
+    tracks = get_family(family).tracks(experts)
+    return [track for track, entries in tracks.items()
+            if all(e in slots and (runner is None or unserved_reason(runner, slots[e]) is None) for e in entries)]
 
 
 def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
@@ -236,6 +249,14 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
             name, inputs, outputs, backend="python", parameters=params, instance_count=count
         )
         files[f"{name}/1/model.py"] = _model_py(module)
+    every_track = served_tracks(family, experts, None, optional)
+    for runner in RUNNER_PARAMETERS:  # PRECISION is validated against the tracks the runner serves
+        served = served_tracks(family, experts, runner, optional)
+        if served != every_track:
+            module, inputs, outputs, params = python_entries["preprocess"]
+            files[f"preprocess/configs/{runner}.pbtxt"] = render_config(
+                "preprocess", inputs, outputs, backend="python", parameters={**params, "tracks": ",".join(served)}
+            )
     for slot in layout:
         name, batch = slot.name, slot.max_batch
         inputs, outputs = slot_tensors(slot)
@@ -245,6 +266,9 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
         for runner, params in RUNNER_PARAMETERS.items():
             if runner == "torch" and batch:
                 params = {**params, **TORCH_DENOISER_PARAMETERS}
+            reason = unserved_reason(runner, slot)
+            if reason:  # no kernels for this track here: an entry that loads nothing and refuses requests
+                params = {"runner": "unavailable", "reason": reason}
             files[f"{name}/configs/{runner}.pbtxt"] = render_config(
                 name, inputs, outputs, backend="python", parameters=params, max_batch_size=batch
             )

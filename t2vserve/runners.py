@@ -1,10 +1,17 @@
 """Runners for the engine slots: execute one slot's graph on named torch tensors.
 
-``onnxruntime`` runs ``model.onnx`` on the CPU (the embedded default). ``torch`` runs the family's
-torch module for the slot (the module the ONNX was exported from), loaded from the diffusers
-directory named in ``source.json``: on CUDA in bf16/fp16 where a GPU is present (the engine slot
-filled without TensorRT), else on the CPU in fp32. On GPU hosts with TensorRT the slots are plans
-served by Triton's own TensorRT backend, so no runner is involved there.
+``onnxruntime`` runs ``model.onnx`` on the CPU (the embedded default; a Q/DQ graph as quantize ->
+dequantize -> FP32 op). ``torch`` runs the family's torch module for the slot (the module the ONNX
+was exported from), loaded from the diffusers directory named in ``source.json``: on CUDA in
+bf16/fp16 where a GPU is present (the engine slot filled without TensorRT), else on the CPU in fp32.
+On GPU hosts with TensorRT the slots are plans served by Triton's own TensorRT backend, so no runner
+is involved there.
+
+Each track runs its own kernels or is not served: the torch runner runs an ``fp8`` slot with FP8
+GEMMs (``kernels.fp8``, on CUDA compute capability >= 8.9 or the CPU build), and has no INT8 kernels,
+so its repository configs mark ``int8`` slots ``unavailable`` (``UNSERVED``) and ``preprocess`` refuses
+PRECISION=int8 there, rather than serving the bf16 module under the int8 name. Every runner says which
+kernels it runs (``kernels``), logged at load and read by the benchmarks.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import torch
 
+from .params import ParameterError
 from .spec import CFG_BATCH, TIMESTEP
 
 log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
+    kernels: str  # what executes the slot, e.g. "torch bf16" or "... linear layers FP8 (E4M3 GEMMs, torch._scaled_mm) ..."
+
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
 
@@ -38,6 +48,8 @@ class OnnxRuntimeRunner:
         threads = int(config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0") or 0)
         self.session = onnxruntime_session(Path(version_dir) / "model.onnx", threads or int(os.environ.get("T2V_ORT_THREADS", "0")))
         self.output_names = [output.name for output in self.session.get_outputs()]
+        quantized = any(node.op_type == "QuantizeLinear" for node in _graph_nodes(Path(version_dir) / "model.onnx"))
+        self.kernels = "ONNX Runtime CPU, Q/DQ graph (quantize -> dequantize -> FP32 op)" if quantized else "ONNX Runtime CPU, FP32"
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {name: tensor.cpu().numpy() for name, tensor in inputs.items()}
@@ -46,6 +58,31 @@ class OnnxRuntimeRunner:
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: Quantized formats a runner has no kernels for: runner -> {format: why}; those slots are served ``unavailable``.
+UNSERVED = {"torch": {"int8": "the torch runner has no INT8 kernels (TensorRT engines and ONNX Runtime's Q/DQ graph serve int8)"}}
+
+
+def unserved_reason(runner: str, slot: Any) -> str | None:
+    """Why ``runner`` does not serve ``slot`` (a quantized format it has no kernels for), or None."""
+    return UNSERVED.get(runner, {}).get(slot.quantized_format or "")
+
+
+class SlotUnavailable(ParameterError):
+    """This server's runner cannot run the slot's track: a PRECISION error (INVALID_ARG)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("PRECISION", f"this track is not served here: {reason}")
+
+
+class UnavailableRunner:
+    """An entry whose track this runner has no kernels for: loads nothing, refuses every request (config ``reason``)."""
+
+    def __init__(self, version_dir: Path, config: dict[str, Any]) -> None:
+        self.reason = config.get("parameters", {}).get("reason", {}).get("string_value", "not served by this runner")
+        self.kernels = f"none ({self.reason})"
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise SlotUnavailable(self.reason)
 
 
 class TorchRunner:
@@ -54,7 +91,10 @@ class TorchRunner:
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
     entries use ``default``: it pays on a compute-bound step, CUDA graphs do not).
-    The torch runner has no INT8 kernels: an int8 slot (``unet_int8``) runs the same module as its source here.
+    An ``fp8`` slot (``unet_fp8``, ``transformer_fp8``) runs its source module with the Linear layers
+    swapped for E4M3 GEMMs (``kernels.fp8.convert_to_fp8``, the slot recipe's floating-point layers
+    kept); where FP8 GEMMs do not exist (CUDA below compute capability 8.9) it loads nothing and
+    refuses requests naming PRECISION. ``kernels`` says what runs.
     """
 
     def __init__(self, version_dir: Path, config: dict[str, Any]) -> None:
@@ -71,14 +111,22 @@ class TorchRunner:
         family = get_family(source["family"])
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
         slot = family.slot(source["slot"], int(source.get("experts", 1)))
-        components = family.components(Path(source["model_dir"]), self.dtype)
-        self.module = slot.module(components).to(self.device).eval()
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.input_names = [tensor["name"] for tensor in config["input"]]
-        mode = params.get("compile", "none")
-        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode)
         self.slot, self.source = slot, source
         self.max_batch = int(config.get("max_batch_size", 0))
+        self.unavailable = fp8_unavailable(self.device) if slot.quantized_format == "fp8" else None
+        if self.unavailable:  # nothing to load: every request is refused (run)
+            self.module = self.forward = None
+            self.kernels = f"none ({self.unavailable})"
+            return
+        components = family.components(Path(source["model_dir"]), self.dtype)
+        self.module = slot.module(components).to(self.device).eval()
+        self.kernels = f"torch {dtype}"
+        if slot.quantized_format == "fp8":
+            self.kernels = f"{fp8_module(self.module, str(slot.recipe)).summary()} (E4M3 GEMMs, torch._scaled_mm); everything else torch {dtype}"
+        mode = params.get("compile", "none")
+        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode)
 
     def warm_up(self) -> dict[int, float]:
         """Run the slot at its preset's most frequent shape for every batch the dynamic batcher can form
@@ -89,7 +137,7 @@ class TorchRunner:
         for over 8 minutes cold); batch 1, which torch.compile always specialises, gets its own graph, last.
         Seconds per batch size; nothing to do when not compiling.
         """
-        if self.forward is self.module or "warmup_values" not in self.source:
+        if self.forward is self.module or self.module is None or "warmup_values" not in self.source:
             return {}
         values = dict(self.source["warmup_values"])
         sizes = sorted(range(1, self.max_batch + 1), key=lambda size: size == 1) if self.max_batch else [values.get("batch", CFG_BATCH)]
@@ -103,6 +151,8 @@ class TorchRunner:
         return seconds
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.unavailable or self.forward is None:
+            raise SlotUnavailable(str(self.unavailable))
         args = []
         for name in self.input_names:
             tensor = inputs[name].to(self.device, non_blocking=True)
@@ -126,10 +176,40 @@ class TorchRunner:
         return {self.output_names[0]: output.float()}
 
 
+def fp8_unavailable(device: torch.device) -> str | None:
+    """Why ``device`` cannot run the fp8 track's FP8 GEMMs, or None."""
+    from .kernels.fp8 import fp8_supported
+
+    if fp8_supported(device):
+        return None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    capability = ".".join(map(str, torch.cuda.get_device_capability(device))) if device.type == "cuda" else "-"
+    return f"the fp8 track needs FP8 GEMMs (CUDA compute capability >= 8.9); this server's {name} has {capability}"
+
+
+def fp8_module(module: torch.nn.Module, recipe: str) -> Any:
+    """Swap ``module``'s Linear layers for E4M3 GEMMs in place, keeping the recipe's floating-point layers."""
+    from .kernels.fp8 import convert_to_fp8
+    from .quantize.recipe import Recipe
+
+    report = convert_to_fp8(module, keep=Recipe.load(recipe).keeps)
+    log.info("fp8: %s", report.summary())
+    return report
+
+
+def _graph_nodes(path: Path) -> list[Any]:
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+#: Marks the server-log line in which each runner entry says what kernels it runs ("<entry>: kernels: ...").
+KERNELS_LOG = "kernels: "
+
 #: Written by export into every engine slot's version directory: where the torch runner loads from.
 SOURCE_FILE = "source.json"
 
-RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner}
+RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner, "unavailable": UnavailableRunner}
 
 
 Request = TypeVar("Request")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +158,8 @@ PRESETS: dict[str, Preset] = {
 # --------------------------------------------------------------------------------------------------
 # Quality tiers: the request parameter PRESET (draft / standard / final)
 # --------------------------------------------------------------------------------------------------
-#: PRECISION tracks that are quantized (a draft runs one where the model has it).
-QUANTIZED_TRACKS = ("int8",)
+#: PRECISION tracks that are quantized, in order of preference (a draft runs the first the server has).
+QUANTIZED_TRACKS = ("int8", "fp8")
 #: The PRECISION track of a guidance- and step-distilled student (``t2vserve.train.distill``), where the model has one.
 DISTILLED_TRACK = "distilled"
 #: Request parameters a track may default on its own (``ModelGeometry.track_defaults``).
@@ -236,7 +236,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("NUM_FRAMES", "TYPE_INT32", True, "number of frames"),
     Parameter("FPS", "TYPE_INT32", True, "frames per second of the MP4"),
     Parameter("PRECISION", "TYPE_STRING", True,
-              "denoiser track of the model (unet3d: int8 default, fp16, distilled where the model has a student; wan22: bf16)"),
+              "denoiser track of the model (unet3d: int8 default, fp8, fp16, distilled where the model has a student; wan22: bf16 default, fp8, int8)"),
     Parameter("SAMPLER", "TYPE_STRING", True, "sampler of the model's family (unet3d: ddim; wan22: unipc default, euler)"),
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
     Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),
@@ -334,6 +334,8 @@ class ModelGeometry:
     #: PRECISION track -> its own request defaults (a distilled student's STEPS and GUIDANCE_SCALE), over the preset's
     track_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    unserved_tracks: list[str] = field(default_factory=list)  # tracks of the model this server's runner cannot run (``served``)
+
     def __post_init__(self) -> None:
         ranges = self.ranges()
         for track, values in self.track_defaults.items():
@@ -341,6 +343,22 @@ class ModelGeometry:
                 if track not in self.tracks or name not in TRACK_DEFAULT_PARAMETERS or not ranges[name].contains(value):
                     raise ValueError(f"track defaults {track}.{name} = {value!r}: allowed {', '.join(TRACK_DEFAULT_PARAMETERS)} "
                                      f"of a track of the model, in their ranges")
+
+    def served(self, tracks: list[str]) -> "ModelGeometry":
+        """The geometry as a server that runs only ``tracks`` sees it (runner without kernels for the rest).
+
+        The default precision falls back to the first served full-precision track when the model's
+        default is not served (unet3d under the torch runner: int8 -> fp16).
+        """
+        kept = {track: entries for track, entries in self.tracks.items() if track in tracks}
+        if not kept:
+            raise ValueError(f"none of the tracks {tracks} is a track of this model ({', '.join(self.tracks)})")
+        default = self.default_precision
+        if default not in kept:
+            default = next((t for t in kept if t not in QUANTIZED_TRACKS), next(iter(kept)))
+        track_defaults = {t: values for t, values in self.track_defaults.items() if t in kept}
+        return replace(self, tracks=kept, default_precision=default, track_defaults=track_defaults,
+                       unserved_tracks=[t for t in self.tracks if t not in kept])
 
     @property
     def pixel_multiple(self) -> int:
@@ -410,10 +428,10 @@ class ModelGeometry:
             return self.default_precision
         if choice not in ("quantized", "full"):
             raise ValueError(f"unknown tier precision {choice!r}; known: quantized, default, full")
-        quantized = choice == "quantized"
         tier_tracks = [track for track in self.tracks if track != DISTILLED_TRACK and track not in self.track_defaults]
-        candidates = (track for track in tier_tracks if (track in QUANTIZED_TRACKS) == quantized)
-        return next(candidates, self.default_precision)
+        if choice == "quantized":  # in QUANTIZED_TRACKS' order of preference (the geometry file does not keep the declaration order)
+            return next((track for track in QUANTIZED_TRACKS if track in tier_tracks), self.default_precision)
+        return next((track for track in tier_tracks if track not in QUANTIZED_TRACKS), self.default_precision)
 
     def latent_frames(self, num_frames: int) -> int:
         factor = self.vae_temporal_factor

@@ -12,11 +12,23 @@ Decisions (TensorRT 10.5, the TensorRT of NGC Triton 24.10):
   elementwise-unary layers (sqrt, exp, sin/cos of RoPE and the time embedding) are constrained to FP32
   (``layer.precision`` and output types, ``BuilderFlag.PREFER_PRECISION_CONSTRAINTS``: TensorRT honours
   them unless no FP32 kernel exists, and says so). **FP32 slots**: no reduced-precision flag.
-* **INT8 UNet** (explicit quantization): the ONNX carries QuantizeLinear/DequantizeLinear pairs with
-  their scales (``t2vserve/quantize.py``), which TensorRT turns into IQuantizeLayer/IDequantizeLayer and
-  builds with explicit-quantization rules: the Q/DQ scales are used as is and no calibrator is set. In a
-  weakly typed network the INT8 kernels still need ``BuilderFlag.INT8``; ``BuilderFlag.FP16`` runs the
-  layers the recipe keeps in floating point (and the Q/DQ boundaries) in FP16.
+* **Q/DQ graphs** (explicit quantization, ``t2vserve/quantize/``): the ONNX carries
+  QuantizeLinear/DequantizeLinear pairs with their scales, which TensorRT turns into
+  IQuantizeLayer/IDequantizeLayer and builds with explicit-quantization rules: the scales are used as
+  is, and no calibrator is ever set (no implicit quantization). As NVIDIA's TensorRT 10.5 diffusion
+  demo (``demo/Diffusion/diffusion_pipeline.py`` of release/10.5) builds them:
+  - **INT8** (``int8``: UNet, FP16 elsewhere; ``int8+bf16``: Wan transformer, BF16 elsewhere): a
+    weakly typed network with ``BuilderFlag.INT8`` (required for INT8 Q/DQ in a weakly typed network)
+    plus the floating-point flag for the layers without Q/DQ, and the FP32 islands of the BF16 plans
+    (norms, reductions, softmax, unary math) constrained with ``PREFER_PRECISION_CONSTRAINTS``.
+  - **FP8** (``fp8``): a ``STRONGLY_TYPED`` network and no precision flags: every tensor keeps the
+    ONNX's type, the E4M3 Q/DQ pairs make FP8 GEMMs/convolutions and everything else runs in the
+    graph's FP32, so FP32 islands hold by construction (a strongly typed network accepts no layer
+    precisions). In TensorRT 10.5 ``BuilderFlag.FP8`` only "enables plugins with FP8 input/output"
+    (NvInfer.h), and weakly typed FP8 Q/DQ builds were reported not to pick FP8 tactics (TensorRT
+    issue #3987, 10.2: "please enable --stronglyTyped"). The non-quantized layers of an FP8 plan
+    therefore run in FP32; casting the graph to FP16/BF16 around its FP32 islands first (ModelOpt
+    AutoCast) is the follow-up that would speed them up.
 * **Profiles**: one ``IOptimizationProfile`` per entry of ``engines.slot_profiles`` (min/opt/max per
   input); an input of the network without a profile, or a profile for an input the network lacks, is
   an error before anything is built.
@@ -37,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorrt as trt
@@ -142,8 +155,8 @@ class ProgressMonitor(trt.IProgressMonitor):
                 self.log(f"[{self.label}] {phase_name} done in {time.monotonic() - start:.0f} s")
 
 
-def _parse(builder: trt.Builder, onnx: Path, logger: trt.ILogger) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    network = builder.create_network(0)
+def _parse(builder: trt.Builder, onnx: Path, logger: trt.ILogger, flags: int = 0) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)): external weights (model.onnx.data) are found next to the file
     if not parser.parse_from_file(str(onnx)):
@@ -175,19 +188,53 @@ def _check_profiles(network: trt.INetworkDefinition, job: BuildJob) -> None:
                     )
 
 
-#: Builder flags of each slot precision (``Slot.precision``).
-PRECISION_FLAGS: dict[str, list[trt.BuilderFlag]] = {
-    "fp16": [trt.BuilderFlag.FP16],
-    "int8": [trt.BuilderFlag.FP16, trt.BuilderFlag.INT8],
-    "bf16": [trt.BuilderFlag.BF16],
-    "fp32": [],
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a slot precision (``Slot.precision``) is built: network typing, builder flags, FP32 islands."""
+
+    flags: tuple[trt.BuilderFlag, ...]
+    fp32_islands: bool = False  # constrain FP32_LAYER_TYPES to FP32 (PREFER_PRECISION_CONSTRAINTS)
+    strongly_typed: bool = False  # the ONNX's types decide; no precision flags, no layer precisions
+
+
+PRECISION_PLANS: dict[str, PrecisionPlan] = {
+    "fp16": PrecisionPlan((trt.BuilderFlag.FP16,)),
+    "bf16": PrecisionPlan((trt.BuilderFlag.BF16,), fp32_islands=True),
+    "fp32": PrecisionPlan(()),
+    "int8": PrecisionPlan((trt.BuilderFlag.FP16, trt.BuilderFlag.INT8), fp32_islands=True),
+    "int8+bf16": PrecisionPlan((trt.BuilderFlag.BF16, trt.BuilderFlag.INT8), fp32_islands=True),
+    "fp8": PrecisionPlan((), strongly_typed=True),
 }
-#: Layer types a BF16 plan keeps in FP32 (numerically sensitive: norms, sums, transcendental math).
+#: Layer types kept in FP32 by plans with FP32 islands (numerically sensitive: norms, sums, transcendental math).
 FP32_LAYER_TYPES = (trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE, trt.LayerType.UNARY, trt.LayerType.SOFTMAX)
 
 
+def precision_plan(slot: str, precision: str) -> PrecisionPlan:
+    if precision not in PRECISION_PLANS:
+        raise EngineError(f"{slot}: unknown precision {precision!r}; known: {', '.join(PRECISION_PLANS)}")
+    return PRECISION_PLANS[precision]
+
+
+def network_flags(plan: PrecisionPlan) -> int:
+    """``create_network`` flags: strongly typed for FP8 Q/DQ graphs, else 0 (TensorRT 10 networks are explicit-batch)."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+
+
+def apply_precision(config: trt.IBuilderConfig, network: trt.INetworkDefinition, slot: str, precision: str, log: Log) -> None:
+    """Set ``precision``'s builder flags and FP32 islands on ``config`` / ``network`` (never a calibrator)."""
+    plan = precision_plan(slot, precision)
+    for flag in plan.flags:
+        config.set_flag(flag)
+    if plan.fp32_islands:
+        islands = _keep_fp32_islands(network)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        log(f"{slot}: {precision.upper()} with {islands} layers constrained to FP32 (norms, reductions, unary math)")
+    if plan.strongly_typed:
+        log(f"{slot}: {precision.upper()} Q/DQ, strongly typed network: layer precisions follow the ONNX's types")
+
+
 def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
-    """Constrain the numerically sensitive layers of a BF16 network to FP32; returns how many."""
+    """Constrain the numerically sensitive layers of a reduced-precision network to FP32; returns how many."""
     count = 0
     for index in range(network.num_layers):
         layer = network.get_layer(index)
@@ -221,18 +268,12 @@ def build_plan(job: BuildJob, log: Log) -> None:
     """Build ``job.plan`` from ``job.onnx``; raises ``EngineError`` with the parser's or builder's reason."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse(builder, job.onnx, logger)  # the parser owns weights the network refers to
+    flags = network_flags(precision_plan(job.slot, job.precision))
+    network, _parser = _parse(builder, job.onnx, logger, flags)  # the parser owns weights the network refers to
     _check_profiles(network, job)
 
     config = builder.create_builder_config()
-    if job.precision not in PRECISION_FLAGS:
-        raise EngineError(f"{job.slot}: unknown precision {job.precision!r}; known: {', '.join(PRECISION_FLAGS)}")
-    for flag in PRECISION_FLAGS[job.precision]:  # int8: explicit quantization, scales from the Q/DQ nodes, no calibrator
-        config.set_flag(flag)
-    if job.precision == "bf16":
-        islands = _keep_fp32_islands(network)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        log(f"{job.slot}: BF16 with {islands} layers constrained to FP32 (norms, reductions, unary math)")
+    apply_precision(config, network, job.slot, job.precision, log)  # Q/DQ: explicit quantization, no calibrator
     config.builder_optimization_level = job.settings.optimization_level
     if job.settings.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, job.settings.workspace_bytes)

@@ -130,7 +130,7 @@ def test_ranges_round_to_allowed_grid_values() -> None:
 def _wan_geometry(experts: int = 1) -> ModelGeometry:
     """Wan2.2 TI2V-5B as the wan22 family derives it (30 blocks of 24 x 128 heads, z48, 16x spatial, 4x temporal)."""
     layers = [(f"blocks.{i}.attn2", 24, 128) for i in range(30)]
-    tracks = {"bf16": ["transformer", "transformer_2"][:experts]}
+    tracks = get_family("wan22").tracks(experts)
     return ModelGeometry("wan22", "wan22-480p", 48, 16, 2, 1.0, 512, 4096, 256384, KVLayout.from_layers(layers), tracks,
                          "bf16", ["unipc", "euler"], vae_temporal_factor=4, boundary_ratio=0.875 if experts == 2 else None)
 
@@ -140,9 +140,11 @@ def test_wan22_profiles_latent_frames_and_experts(experts: int) -> None:
     """Worked out by hand: frames 5..121 (4k+1) -> latent 2..31 (opt 81 -> 21); 256..736 x 256..1280 px -> /16."""
     geometry = _wan_geometry(experts)
     slots = get_family("wan22").slots_of(geometry)
-    assert [s.name for s in slots] == ["text_encoder", "kv_projector", "transformer", "transformer_2"][: 3 + experts - 1] + ["vae_decoder"]
-    assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32"}
-    for entry in geometry.tracks["bf16"]:
+    experts_slots = [e + twin for e in ["transformer", "transformer_2"][:experts] for twin in ("", "_fp8", "_int8")]
+    assert [s.name for s in slots] == ["text_encoder", "kv_projector", *experts_slots, "vae_decoder"]
+    quantized = {e + twin: precision for e in ["transformer", "transformer_2"][:experts] for twin, precision in (("_fp8", "fp8"), ("_int8", "int8+bf16"))}
+    assert {s.name: s.precision for s in slots if s.precision != "bf16"} == {"text_encoder": "fp32", **quantized}
+    for entry in [e for track in geometry.tracks.values() for e in track]:  # the quantized twins share the expert's profile
         (profile,) = engines.slot_profiles(entry, geometry)
         assert profile[SAMPLE] == ShapeRange((1, 48, 2, 16, 16), (2, 48, 21, 30, 52), (8, 48, 31, 46, 80))
         assert profile[KV] == ShapeRange((1, 512, 184320), (2, 512, 184320), (8, 512, 184320))
@@ -166,6 +168,7 @@ def test_precision_per_slot() -> None:
         "unet": "fp16",
         "unet_int8": "int8",
         "unet_distilled": "fp16",
+        "unet_fp8": "fp8",
         "vae_decoder": "fp16",
     }
 
@@ -444,7 +447,8 @@ def test_export_is_skipped_only_for_the_same_source(repo, tmp_path) -> None:
     lines: list[str] = []
     engines.export_if_needed(repo, weights, None, False, lines.append)
     assert "already in" in lines[0] and "skipped" in lines[0]
-    assert stale_files(repo) == []  # the generated configs were written (refreshed) all the same
+    optional = UNET3D.present_components(_geometry("tiny"))  # the fixture's model has a distilled student
+    assert stale_files(repo, "unet3d", 1, optional) == []  # the generated configs were written (refreshed) all the same
     (weights / "unet" / "config.json").write_text('{"in_channels": 8}')
     assert not engines.export_is_current(repo, engines.export_source(weights))
     assert not engines.export_is_current(repo, {"source": "tiny"})

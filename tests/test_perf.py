@@ -66,7 +66,7 @@ def test_input_data_uses_ensemble_inputs_with_their_types() -> None:
     with pytest.raises(ValueError, match="STEPS must be int"):
         perf.input_data("int8", STEPS="10")
     with pytest.raises(ValueError, match="precision"):
-        perf.input_data("fp8")
+        perf.input_data("fp4")
     assert {p.name for p in PARAMETERS} == names
 
 

@@ -69,8 +69,13 @@ def test_readme_tier_table_states_what_spec_computes() -> None:
 def test_draft_runs_the_quantized_track_final_the_full_one() -> None:
     unet3d, wan22 = _geometry("modelscope", 64), _geometry("wan22-480p", 32)
     assert [unet3d.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "int8", "fp16"]
-    assert [wan22.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["bf16"] * 3  # no quantized track
-    assert "fp16" not in QUANTIZED_TRACKS
+    assert [wan22.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["int8", "bf16", "bf16"]
+    # a server whose runner has no INT8 kernels (torch): the draft runs fp8, the default falls back to full precision
+    torch_unet3d, torch_wan22 = unet3d.served([t for t in unet3d.tracks if t != "int8"]), wan22.served(["bf16", "fp8"])
+    assert [torch_unet3d.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["fp8", "fp16", "fp16"]
+    assert [torch_wan22.defaults(t)["PRECISION"] for t in ("draft", "standard", "final")] == ["fp8", "bf16", "bf16"]
+    assert torch_unet3d.unserved_tracks == ["int8"] and "int8" not in torch_unet3d.tracks
+    assert "fp16" not in QUANTIZED_TRACKS and "bf16" not in QUANTIZED_TRACKS
 
 
 def test_only_the_draft_caches_steps_by_default() -> None:

@@ -55,15 +55,21 @@ def test_engine_slots_have_tensorrt_default_and_runner_configs(family: str, expe
         assert f"max_batch_size: {slot.max_batch}" in config
         for runner in RUNNER_PARAMETERS:
             text = files[f"{slot.name}/configs/{runner}.pbtxt"]
-            assert 'backend: "python"' in text and f'string_value: "{runner}"' in text
+            # a track the runner has no kernels for (int8 under torch) is an entry that refuses requests
+            served = not (runner == "torch" and slot.quantized_format == "int8")
+            assert 'backend: "python"' in text and f'string_value: "{runner if served else "unavailable"}"' in text
             assert ("dynamic_batching" in text) == (slot.max_batch > 0)
+    tracks = get_family(family).tracks(experts)
+    assert "preprocess/configs/onnxruntime.pbtxt" not in files  # every track
+    torch_tracks = re.search(r'key: "tracks" value: \{ string_value: "([^"]*)" \}', files["preprocess/configs/torch.pbtxt"]).group(1)
+    assert torch_tracks.split(",") == [track for track in tracks if track != "int8"]
 
 
 def test_a_repository_of_another_family_is_refused(tmp_path) -> None:
     """Exporting wan22 over a unet3d repository would leave entries Triton tries to load: refused."""
     write_repository(tmp_path, "unet3d")
-    assert foreign_entries(tmp_path, "wan22") == ["unet", "unet_int8"]
-    with pytest.raises(FileExistsError, match="unet, unet_int8"):
+    assert foreign_entries(tmp_path, "wan22") == ["unet", "unet_fp8", "unet_int8"]
+    with pytest.raises(FileExistsError, match="unet, unet_fp8, unet_int8"):
         write_repository(tmp_path, "wan22")
 
 

@@ -140,7 +140,7 @@ def _invalid_cases(geometry) -> list[tuple[str, dict, str]]:
         ("NUM_FRAMES", {"num_frames": preset.frames_range[1] + 1}, "allowed ["),
         ("FPS", {"fps": 0}, "allowed [1, 60]"),
         ("FPS", {"fps": 61}, "allowed [1, 60]"),
-        ("PRECISION", {"precision": "fp8"}, f"allowed: {', '.join(geometry.tracks)}"),
+        ("PRECISION", {"precision": "fp4"}, f"allowed: {', '.join(geometry.tracks)}"),
         ("SAMPLER", {"sampler": "unipc"}, "allowed: ddim"),
     ]
 

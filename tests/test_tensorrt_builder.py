@@ -1,4 +1,4 @@
-"""tensorrt_builder's timing cache and device-memory log, against a stand-in ``tensorrt`` module.
+"""tensorrt_builder's precision plans, timing cache and device-memory log, against a stand-in ``tensorrt`` module.
 
 TensorRT cannot be installed on these machines (its libraries need a GPU host), so these tests give the
 builder a module with the few names it touches at import and fake builder-config / runtime objects that
@@ -31,6 +31,7 @@ def _fake_tensorrt() -> types.ModuleType:
     trt.Builder = object  # type: ignore[attr-defined]
     trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})  # type: ignore[attr-defined]
     trt.BuilderFlag = trt.LayerType = _Names()  # type: ignore[attr-defined]
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)  # type: ignore[attr-defined]
     trt.float32 = "float32"  # type: ignore[attr-defined]
     trt.__version__ = "10.5.0"  # type: ignore[attr-defined]
     return trt
@@ -119,3 +120,72 @@ def test_each_built_plan_logs_its_device_memory(builder) -> None:
     ]
     builder.log_device_memory("vae_decoder", FakeRuntime(None), plan, messages.append)
     assert messages[-1].startswith("vae_decoder: plan 3.0 MiB; device memory unknown")
+
+
+class FakeLayer:
+    def __init__(self, kind: str) -> None:
+        self.type, self.num_outputs, self.precision, self.output_types = kind, 1, None, {}
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, kinds: list[str]) -> None:
+        self.layers = [FakeLayer(kind) for kind in kinds]
+        self.num_layers = len(self.layers)
+
+    def get_layer(self, index: int) -> FakeLayer:
+        return self.layers[index]
+
+
+class FlagConfig:
+    """IBuilderConfig's flags; setting a calibrator (implicit quantization) fails the test."""
+
+    def __init__(self) -> None:
+        self.flags: list[str] = []
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        assert name != "int8_calibrator", "explicit quantization: no calibrator"
+        object.__setattr__(self, name, value)
+
+
+LAYERS = ["CONVOLUTION", "QUANTIZE", "DEQUANTIZE", "MATRIX_MULTIPLY", "NORMALIZATION", "SOFTMAX", "REDUCE", "UNARY", "ELEMENTWISE"]
+
+
+@pytest.mark.parametrize(
+    "precision,flags,typing,islands",
+    [
+        ("fp16", ["FP16"], 0, False),
+        ("bf16", ["BF16", "PREFER_PRECISION_CONSTRAINTS"], 0, True),
+        ("fp32", [], 0, False),
+        # INT8 Q/DQ (TensorRT 10.5 demo/Diffusion): weakly typed, INT8 + the float flag, FP32 islands preferred
+        ("int8", ["FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS"], 0, True),
+        ("int8+bf16", ["BF16", "INT8", "PREFER_PRECISION_CONSTRAINTS"], 0, True),
+        # FP8 Q/DQ: strongly typed, no precision flag, no layer precision (the ONNX's types decide)
+        ("fp8", [], 1 << 1, False),
+    ],
+)
+def test_precision_plans_build_qdq_graphs_with_explicit_quantization(builder, precision, flags, typing, islands) -> None:
+    from t2vserve.families import FAMILIES
+
+    config, network, messages = FlagConfig(), FakeNetwork(LAYERS), []
+    builder.apply_precision(config, network, "slot", precision, messages.append)
+    assert config.flags == flags
+    assert builder.network_flags(builder.precision_plan("slot", precision)) == typing
+    fp32 = {layer.type for layer in network.layers if layer.precision == "float32"}
+    assert fp32 == ({"NORMALIZATION", "SOFTMAX", "REDUCE", "UNARY"} if islands else set())
+    assert all(layer.precision is None for layer in network.layers if layer.type in ("QUANTIZE", "DEQUANTIZE", "MATRIX_MULTIPLY"))
+    declared = {slot.precision for family in FAMILIES.values() for experts in (1, 2) if family.name == "wan22" or experts == 1
+                for slot in family.slots(experts)}
+    assert declared <= set(builder.PRECISION_PLANS)  # every declared slot precision has a plan
+
+
+def test_an_unknown_precision_is_refused(builder) -> None:
+    from t2vserve.engines import EngineError
+
+    with pytest.raises(EngineError, match="unknown precision 'int4'"):
+        builder.apply_precision(FlagConfig(), FakeNetwork([]), "unet_int4", "int4", print)

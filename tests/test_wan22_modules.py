@@ -332,3 +332,37 @@ def test_unsupported_ops_flags_rms_normalization_and_custom_domains() -> None:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])], [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)])
     assert onnx_dynamo.unsupported_ops(model) == {"RMSNormalization", "com.microsoft::FusedMatMul"}
+
+
+def test_export_forms_equal_the_transformer_and_rope(transformer) -> None:
+    """exportable(): plain-ops RMS norms, a RoPE indexed by arange (no data-dependent slicing: the torch 2.11
+    torch.export blocker), a self-attention without in-place RoPE stores: the same output, to the bit."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from t2vserve.families.wan22_export import IndexedRotaryPosEmbed, PlainRMSNorm, PlainRopeAttnProcessor, exportable
+
+    stock = CachedKVTransformer(transformer)
+    export = exportable(CachedKVTransformer(copy.deepcopy(transformer)))
+    modules = list(export.modules())
+    assert not any(isinstance(m, (torch.nn.RMSNorm, WanRotaryPosEmbed)) for m in modules)
+    assert any(isinstance(m, PlainRMSNorm) for m in modules) and any(isinstance(m, IndexedRotaryPosEmbed) for m in modules)
+    assert all(isinstance(b.attn1.processor, PlainRopeAttnProcessor) for b in export.transformer.blocks)
+    for seed, shape in enumerate([(2, 3, 8, 8), (1, 1, 2, 2), (3, 2, 6, 10)]):
+        sample, timestep, text = _inputs(*shape, seed=seed)
+        kv = KVProjector(transformer)(text)
+        with torch.no_grad():
+            assert torch.equal(stock(sample, timestep, kv), export(sample, timestep, kv)), shape
+            for a, b in zip(transformer.rope(sample), export.transformer.rope(sample)):
+                assert torch.equal(a, b)
+
+
+def test_torchscript_export_of_the_export_form_runs_on_other_shapes(transformer, tmp_path) -> None:
+    """The path of the quantized transformer (TorchScript, where ModelOpt's quantizers become Q/DQ): the
+    export form traces to a graph that ONNX Runtime runs on shapes other than the example's."""
+    from t2vserve.families.wan22_export import exportable
+
+    _, example, others, outputs, axes = _graph_case("transformer", type("Pipe", (), {"transformer": transformer})())
+    module = exportable(CachedKVTransformer(copy.deepcopy(transformer)))
+    path = onnx_export.export_graph("transformer", module, example, outputs, axes, tmp_path / "model.onnx")
+    for inputs in others:
+        assert onnx_dynamo.compare_with_onnxruntime(module, path, inputs, outputs) <= 1e-4, [tuple(v.shape) for v in inputs.values()]

@@ -36,7 +36,7 @@ def wan_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wan_repository(wan_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("wan-repo") / "model_repository"
-    export_model(wan_dir, root, "wan22-tiny")
+    export_model(wan_dir, root, "wan22-tiny", calibration_prompts=1)  # the quantized twins: one calibration trajectory
     return root
 
 
@@ -73,7 +73,8 @@ def _close(served: np.ndarray, expected: np.ndarray) -> None:
 def test_geometry_of_the_tiny_wan_model(wan_repository) -> None:
     geometry = ModelGeometry.load(wan_repository / "scheduler" / "1" / GEOMETRY_FILE)
     assert (geometry.family, geometry.latent_channels, geometry.vae_temporal_factor, geometry.pixel_multiple) == ("wan22", 48, 4, 32)
-    assert geometry.tracks == {"bf16": ["transformer"]} and geometry.samplers == ["unipc", "euler"]
+    assert geometry.tracks == {"bf16": ["transformer"], "fp8": ["transformer_fp8"], "int8": ["transformer_int8"]}
+    assert geometry.samplers == ["unipc", "euler"]
     assert geometry.latent_shape(64, 96, 9) == (1, 48, 3, 4, 6)
 
 
@@ -109,7 +110,7 @@ def _invalid_cases() -> list[tuple[str, dict, str]]:
         ("HEIGHT", {"height": 48}, "a multiple of 32"),
         ("WIDTH", {"width": PRESET.width_range[1] + 32}, "a multiple of 32"),
         ("SAMPLER", {"sampler": "ddim"}, "allowed: unipc, euler"),
-        ("PRECISION", {"precision": "int8"}, "allowed: bf16"),
+        ("PRECISION", {"precision": "fp16"}, "allowed: bf16, fp8, int8"),
         ("PROMPT", {"prompt": " ".join(["zebra"] * 330)}, "allowed at most 511 tokens"),  # < 2000 characters
         ("STEPS", {"steps": 101}, "allowed [1, 100]"),
         ("GUIDANCE_SCALE", {"guidance_scale": 31.0}, "allowed [1, 30]"),
@@ -144,6 +145,35 @@ def test_step_cache_skips_transformer_executions(wan_server, measure_steps) -> N
     assert clip_metrics(full.video, cached.video)["psnr_db"] >= WAN_MIN_PSNR_DB
 
 
+def _executions(url: str) -> dict[str, int]:
+    """Triton's execution count of every transformer entry."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as stats_client:
+        stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
+    return {m["name"]: int(m.get("execution_count", 0)) for m in stats if m["name"].startswith("transformer")}
+
+
+@pytest.mark.parametrize("track", ["int8", "fp8"])
+def test_quantized_tracks_run_their_q_dq_graphs(wan_server, wan_repository, track: str) -> None:
+    """One short clip per quantized track through the server: its own entry ran every step (ONNX Runtime on
+    the Q/DQ graph exported through TorchScript), and export's two-sided check passed."""
+    import json
+
+    from t2vserve.export import QUANTIZATION_REPORT
+
+    report = json.loads((wan_repository / f"transformer_{track}" / "1" / QUANTIZATION_REPORT).read_text())
+    assert report["check_passed"] and report["format"] == track and report["qdq"]["weights"] == report["quantized_layers"] > 0
+    steps = 2
+    before = _executions(wan_server.grpc_url)
+    with T2VClient(wan_server.grpc_url, "grpc") as client:
+        video = client.generate(GenerationRequest(PROMPT, steps=steps, seed=5, num_frames=5, height=32, width=32, precision=track)).video
+    after = _executions(wan_server.grpc_url)
+    assert video.shape == (5, 32, 32, 3)
+    assert {e: after[e] - before[e] for e in after} == {"transformer": 0, f"transformer_{track}": steps,
+                                                        **{f"transformer_{t}": 0 for t in ("int8", "fp8") if t != track}}
+
+
 # --------------------------------------------------------------------------------------------------
 # The A14B layout: two experts, switched at the boundary timestep (torch runner: no ONNX export needed)
 # --------------------------------------------------------------------------------------------------
@@ -161,17 +191,14 @@ def experts_server(experts_dir, tmp_path_factory):
 
 
 def test_two_experts_switch_at_the_boundary_like_wan_pipeline(experts_server, experts_dir) -> None:
-    import tritonclient.grpc as grpcclient
-
     from t2vserve.samplers import make_sampler
 
     server, geometry = experts_server
-    assert geometry.tracks == {"bf16": ["transformer", "transformer_2"]} and geometry.boundary_ratio == 0.875
+    assert geometry.tracks["bf16"] == ["transformer", "transformer_2"] and geometry.boundary_ratio == 0.875
+    assert geometry.tracks["fp8"] == ["transformer_fp8", "transformer_2_fp8"]
 
     def executions() -> dict[str, int]:
-        with grpcclient.InferenceServerClient(server.grpc_url) as stats_client:
-            stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
-        return {m["name"]: int(m.get("execution_count", 0)) for m in stats if m["name"].startswith("transformer")}
+        return _executions(server.grpc_url)
 
     steps, seed = 8, 4
     timesteps = make_sampler("unipc", geometry.scheduler_config).trajectory(steps).timesteps
@@ -186,3 +213,23 @@ def test_two_experts_switch_at_the_boundary_like_wan_pipeline(experts_server, ex
     expected = _reference(experts_dir, negative_prompt=PRESET.negative_prompt, num_inference_steps=steps, guidance_scale=4.0,
                           height=PRESET.height, width=PRESET.width, num_frames=PRESET.num_frames, seed=seed)
     _close(served, expected)
+
+
+def test_torch_runner_runs_fp8_with_fp8_gemms_and_refuses_int8(experts_server) -> None:
+    """The torch runner: PRECISION=fp8 runs both experts' FP8 entries (E4M3 GEMMs, torch._scaled_mm, CPU path
+    here); PRECISION=int8 has no INT8 kernels there and is refused naming PRECISION and the served tracks."""
+    server, geometry = experts_server
+    steps = 3
+    before = _executions(server.grpc_url)
+    with T2VClient(server.grpc_url, "grpc") as client:
+        video = client.generate(GenerationRequest(PROMPT, steps=steps, seed=2, num_frames=5, height=32, width=32, precision="fp8")).video
+        with pytest.raises(InferenceServerException) as refused:
+            client.generate(GenerationRequest(PROMPT, steps=1, seed=2, precision="int8"))
+    after = _executions(server.grpc_url)
+    assert video.shape == (5, 32, 32, 3)
+    ran = {e: after[e] - before[e] for e in after if after[e] != before[e]}
+    assert set(ran) == {"transformer_fp8", "transformer_2_fp8"} and sum(ran.values()) == steps
+    assert str(refused.value.status()) == "StatusCode.INVALID_ARGUMENT"
+    assert "PRECISION:" in refused.value.message() and "allowed: bf16, fp8" in refused.value.message(), refused.value.message()
+    log = server.log_path.read_text()
+    assert "transformer_fp8: kernels: " in log and "E4M3 GEMMs" in log and "transformer_int8: kernels: none" in log

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")
+    parser.add_argument("--precisions", type=lambda s: [t for t in s.split(",") if t], default=[],
+                        help="tracks to time side by side, e.g. bf16,fp8 (step and clip, with the kernels each ran)")
     parser.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary: also run the perf recipe")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench.json")
     parser.add_argument("--work", type=Path, default=None, help="keep the model and repository here (default: a temporary directory)")

@@ -48,7 +48,10 @@ class RunnerPipeline(Pipeline):
         tracks = [precision] if precision else list(geometry.tracks)
         wanted = {entry for track in tracks for entry in geometry.tracks[track]}
         slots = [s for s in family.slots_of(geometry) if s.role != "denoiser" or s.name in wanted]
-        self.runners = {s.name: make_runner(runner, repository / s.name / "1", runner_config(repository, s.name, runner)) for s in slots}
+        configs = {s.name: runner_config(repository, s.name, runner) for s in slots}
+        # the entry's own runner parameter: "unavailable" where this runner has no kernels for the track (int8 under torch)
+        self.runners = {name: make_runner(config["parameters"]["runner"]["string_value"], repository / name / "1", config)
+                        for name, config in configs.items()}
         tokenizer = family.load_tokenizer(repository / "preprocess" / "1" / "tokenizer")
         super().__init__(geometry, tokenizer, lambda name, inputs: self.runners[name].run(inputs), device)
 
@@ -96,7 +99,7 @@ def environment() -> dict[str, Any]:
 
 def bench_request(geometry: ModelGeometry, steps: int | None, frames: int | None, precision: str | None = None) -> ResolvedRequest:
     p = geometry.presets
-    track = precision or next(t for t in geometry.tracks if t != "int8")  # full precision by default
+    track = precision or geometry.tier_precision("full")  # full precision by default
     return ResolvedRequest(
         BENCH_PROMPT, p.negative_prompt, steps or p.steps, p.guidance_scale, 42, p.height, p.width,
         frames or p.num_frames, p.fps, track, p.sampler,

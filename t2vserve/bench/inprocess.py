@@ -17,6 +17,7 @@ from ..families import get_family
 from ..spec import DENOISER, KV_PROJECTOR, VAE_DECODER
 from ..step_cache import StepCache
 from .common import RunnerPipeline, bench_request, bf16_matmul_peak, environment, load_geometry, timed
+from .tracks import inprocess_tracks
 
 
 def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     cuda = args.device == "cuda"
     geometry = load_geometry(repository)
     family = get_family(geometry.family)
-    request = bench_request(geometry, args.steps, args.frames)
+    request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0])
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "family": family.name}
     dtype = family.reference_dtype if cuda else torch.float32
 
@@ -93,6 +94,9 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
         results["inprocess_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(f"runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
     results["inprocess_clip_step_cache"] = step_cache_clips(runners, request, args.step_cache, args.repeats, cuda)
+    if args.precisions:
+        del runners, denoiser
+        results["tracks"] = inprocess_tracks(repository, geometry, args, lambda: feeds)
     return results
 
 

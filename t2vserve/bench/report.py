@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .tracks import tracks_table
+
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
@@ -89,8 +91,10 @@ def markdown(results: dict[str, Any]) -> str:
     inprocess = results.get("inprocess")
     if inprocess:
         lines += inprocess_table(inprocess)
+        lines += tracks_table(inprocess["tracks"], served=False) if inprocess.get("tracks") else []
     served = results.get("served") or results.get("cpu")
     if served:
         base = inprocess or served
         lines += served_table(served, base.get("inprocess_clip_s"), base.get("diffusers_clip_s"))
+        lines += tracks_table(served["tracks"], served=True) if served.get("tracks") else []
     return "\n".join(lines) + "\n"

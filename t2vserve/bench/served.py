@@ -17,6 +17,7 @@ from typing import Any
 from ..client import GenerationRequest, T2VClient
 from ..server import EmbeddedTritonServer
 from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta
+from .tracks import served_tracks
 
 
 class GpuMemoryPoller:
@@ -43,7 +44,7 @@ class GpuMemoryPoller:
 
 def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     geometry = load_geometry(repository)
-    request = as_client_request(bench_request(geometry, args.steps, args.frames))
+    request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0]))
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "runner": args.runner}
     if args.device == "cuda":
         os.environ["T2V_ASSERT_DEVICE"] = "cuda"  # the scheduler checks K/V, latents, denoiser output every step
@@ -64,6 +65,9 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             client.generate(request)
             results["first_request_s"] = time.perf_counter() - start  # after READY: the runners warmed up at load
             print(f"first request {results['first_request_s']:.1f} s", flush=True)
+            if args.precisions:  # the tracks side by side first: what a short call must not lose
+                results["tracks"] = served_tracks(server.grpc_url, geometry, args, log)
+                checkpoint()
             if args.concurrency:
                 start = time.perf_counter()
                 load(server.grpc_url, request, max(args.concurrency), 1)  # batch sizes > 2 appear: recompiles happen here

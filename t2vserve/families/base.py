@@ -93,7 +93,7 @@ class Slot:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     module: Callable[[Any], nn.Module]  # components -> the module export and the torch runner run
-    precision: str = "fp16"  # TensorRT plan precision: fp16 | bf16 | fp32 | int8 (Q/DQ)
+    precision: str = "fp16"  # TensorRT plan precision: fp16 | bf16 | fp32 | int8 (Q/DQ, FP16 elsewhere) | int8+bf16 | fp8 (E4M3 Q/DQ)
     exporter: str = "torchscript"  # torchscript | dynamo (onnxscript; TensorRT-10.5-parseable opset 18)
     quantized_from: str | None = None  # a quantized slot's module is this slot's, quantized by ``recipe``
     recipe: str | None = None  # data/recipes/<recipe>.json (ModelOpt precision recipe) of a quantized slot
@@ -105,6 +105,11 @@ class Slot:
     def onnx_module(self, components: Any, geometry: ModelGeometry) -> nn.Module:
         """The module exported to ONNX (e.g. a decoder unrolled to the preset's longest clip)."""
         return (self.export_module or (lambda c, _: self.module(c)))(components, geometry)
+
+    @property
+    def quantized_format(self) -> str | None:
+        """``int8`` or ``fp8`` for a quantized slot (its Q/DQ format), None for a floating-point one."""
+        return self.precision.split("+")[0] if self.quantized_from is not None else None
 
     @property
     def max_batch(self) -> int:
@@ -187,6 +192,7 @@ class Family:
     component_names: tuple[str, ...] = ()
     default_precision: str = ""
     tiny_preset: str = ""  # the preset of the family's tiny demo model
+    full_size_preset: str = ""  # the preset of ``build_full_size_model`` in full-size jobs (benchmarks, Q/DQ export)
     reference_dtype: torch.dtype = torch.bfloat16  # the diffusers reference pipeline's dtype on the GPU
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:

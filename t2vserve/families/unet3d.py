@@ -234,15 +234,16 @@ class VaeDecoderGraph(nn.Module):
 # The family declaration
 # --------------------------------------------------------------------------------------------------
 #: PRECISION -> the UNet entry. "fp16" is the full-precision UNet: an FP16 TensorRT engine on GPU
-#: hosts, FP32 under ONNX Runtime; "int8" its Q/DQ twin; "distilled" the guidance- and step-distilled
-#: student (``t2vserve.train.distill``), where the model directory has ``unet_distilled/``.
-TRACKS = {"int8": ["unet_int8"], "fp16": ["unet"], DISTILLED_TRACK: ["unet_distilled"]}
+#: hosts, FP32 under ONNX Runtime; "int8" and "fp8" its Q/DQ twins (INT8; E4M3 for Hopper); "distilled" the
+#: guidance- and step-distilled student (``t2vserve.train.distill``), where the model directory has ``unet_distilled/``.
+TRACKS = {"int8": ["unet_int8"], "fp8": ["unet_fp8"], "fp16": ["unet"], DISTILLED_TRACK: ["unet_distilled"]}
 
 
 class UNet3DFamily(Family):
     name = "unet3d"
     component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     default_precision = "int8"
+    full_size_preset = "modelscope"
     tiny_preset = "tiny"
     reference_dtype = torch.float16
 
@@ -257,6 +258,7 @@ class UNet3DFamily(Family):
             Slot("kv_projector", KV_PROJECTOR, (TEXT_OUT,), (PACKED_KV,), lambda c: KVProjector(c.unet)),
             Slot("unet", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet)),
             Slot("unet_int8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="int8", quantized_from="unet", recipe="unet_int8"),
+            Slot("unet_fp8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="fp8", quantized_from="unet", recipe="unet_fp8"),
             # fed the K/V of the teacher's kv_projector (its own to_k/to_v are the teacher's, untouched by distillation)
             Slot("unet_distilled", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet_distilled), component="unet_distilled"),
             Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),

@@ -22,6 +22,10 @@ from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family
 
 #: Entry of each expert (A14B: the high-noise expert first).
 EXPERT_ENTRIES = ("transformer", "transformer_2")
+#: PRECISION track -> (entry suffix, slot precision, recipe) of each expert's twin; "bf16" is the expert itself.
+#: Quantized twins export with TorchScript (ModelOpt's quantizers become Q/DQ through its symbolics);
+#: their non-quantized layers run BF16 in INT8 engines (the DiT was trained in BF16; FP16 can overflow).
+QUANTIZED_TWINS = {"fp8": ("_fp8", "fp8", "transformer_fp8"), "int8": ("_int8", "int8+bf16", "transformer_int8")}
 
 
 #: Full-size configurations (benchmarks with random weights: speed does not depend on their values).
@@ -56,19 +60,25 @@ class Wan22Family(Family):
     name = "wan22"
     component_names = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
     default_precision = "bf16"
+    full_size_preset = "wan22-480p"
     tiny_preset = "wan22-tiny"
     reference_dtype = torch.bfloat16
 
     def tracks(self, experts: int = 1) -> dict[str, list[str]]:
-        return {"bf16": list(EXPERT_ENTRIES[:experts])}
+        entries = list(EXPERT_ENTRIES[:experts])
+        return {"bf16": entries, **{track: [e + suffix for e in entries] for track, (suffix, _, _) in QUANTIZED_TWINS.items()}}
 
     def slots(self, experts: int = 1) -> tuple[Slot, ...]:
         if experts not in (1, 2):
             raise ValueError(f"wan22 models have 1 or 2 transformer experts, not {experts}")
         bf16: dict[str, Any] = {"precision": "bf16", "exporter": "dynamo"}  # trained in BF16; FP16 can overflow
-        experts_slots = tuple(
-            Slot(entry, DENOISER, *DENOISER_IO, _expert_module(entry, index), **bf16) for index, entry in enumerate(EXPERT_ENTRIES[:experts])
-        )
+        experts_slots = []
+        for index, entry in enumerate(EXPERT_ENTRIES[:experts]):
+            module, export = _expert_module(entry, index), _expert_export(entry, index)
+            experts_slots.append(Slot(entry, DENOISER, *DENOISER_IO, module, export_module=export, **bf16))
+            for suffix, precision, recipe in QUANTIZED_TWINS.values():
+                experts_slots.append(Slot(entry + suffix, DENOISER, *DENOISER_IO, module, precision=precision, quantized_from=entry,
+                                          recipe=recipe, export_module=export))
         return (
             # UMT5 overflows in FP16 and its relative-position buckets (Log/Div/Cast) want full precision:
             # FP32 (it runs once per request; the per-step cost is the transformer's)
@@ -135,7 +145,11 @@ class Wan22Family(Family):
         return build_tiny_model(Path(out_dir), seed=seed, experts=int(variant.get("experts", 1)))
 
     def build_full_size_model(self, out_dir: Path, preset: str, dtype: torch.dtype, device: str, **variant: Any) -> Path:
-        """TI2V-5B (experts=1) or the A14B two-expert layout (experts=2) with random weights and a UMT5-XXL encoder."""
+        """TI2V-5B (experts=1) or the A14B two-expert layout (experts=2) with random weights and a UMT5-XXL encoder.
+
+        ``text_layers``: fewer UMT5-XXL layers (same widths, 4096-wide output), for jobs that never time the
+        text encoder (full-size Q/DQ export of the transformer: 2.4 GB on disk instead of 22 GB).
+        """
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
 
@@ -145,7 +159,8 @@ class Wan22Family(Family):
         torch.manual_seed(0)
         tokenizer = save_tiny_tokenizer(Path(out_dir) / "tokenizer")
         with torch.device(device):
-            parts = {"tokenizer": tokenizer, "text_encoder": UMT5EncoderModel(UMT5Config(**UMT5_XXL)).to(dtype)}
+            text = {**UMT5_XXL, "num_layers": int(variant.get("text_layers", UMT5_XXL["num_layers"]))}
+            parts = {"tokenizer": tokenizer, "text_encoder": UMT5EncoderModel(UMT5Config(**text)).to(dtype)}
             if experts == 2:  # A14B: two 14B experts over the Wan2.1 VAE (z16, 8x8 spatial; diffusers' default config)
                 parts |= {"transformer": WanTransformer3DModel(**A14B_TRANSFORMER).to(dtype),
                           "transformer_2": WanTransformer3DModel(**A14B_TRANSFORMER).to(dtype), "vae": AutoencoderKLWan()}
@@ -175,6 +190,13 @@ def _experts(components: Any, experts: int) -> list[torch.nn.Module]:
 def _expert_module(entry: str, index: int) -> Callable[[Any], torch.nn.Module]:
     """Expert ``index``'s cached-K/V transformer: the first reads the head of the packed K/V, the second its tail."""
     return lambda c: modules.CachedKVTransformer(getattr(c, entry), kv_slice="head" if index == 0 else "tail")
+
+
+def _expert_export(entry: str, index: int) -> Callable[[Any, ModelGeometry], torch.nn.Module]:
+    """What ONNX export traces: the expert with its RMS norms, RoPE and self-attention in export form (same output)."""
+    from .wan22_export import exportable
+
+    return lambda c, _: exportable(_expert_module(entry, index)(c))
 
 
 FAMILY = Wan22Family()

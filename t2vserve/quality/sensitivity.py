@@ -51,14 +51,15 @@ def layer_group(module_name: str) -> str:
     return parts[0] if parts else module_name
 
 
-def run_sweep(model_dir: Path | None, preset: str, out: Path, prompt_limit: int | None, methods: tuple[str, ...] = CALIBRATION_METHODS) -> int:
+def run_sweep(model_dir: Path | None, preset: str, out: Path, prompt_limit: int | None, methods: tuple[str, ...] = CALIBRATION_METHODS,
+              slot_name: str | None = None) -> int:
     family = family_of(preset)
     components = family.components(model_dir or demo_model_dir(family.name))
     geometry = family.geometry(components, preset)
-    slot = next(slot for slot in family.slots_of(geometry) if slot.quantized_from)
+    slot = family.slot(slot_name, geometry.experts) if slot_name else next(s for s in family.slots_of(geometry) if s.quantized_from)
     recipe = Recipe.load(str(slot.recipe))
     source = slot.onnx_module(components, geometry).eval()
-    calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompt_limit)
+    calibration = capture_calibration(InProcessPipeline(components, geometry), recipe, geometry, prompt_limit).for_entry(str(slot.quantized_from))
     p = geometry.presets
     requests = [
         ResolvedRequest(prompt, p.negative_prompt, p.steps, p.guidance_scale, 7, p.height, p.width, p.num_frames, p.fps, geometry.default_precision, p.sampler)
@@ -80,17 +81,20 @@ def run_sweep(model_dir: Path | None, preset: str, out: Path, prompt_limit: int 
     rows.append(("every Conv/Linear (no floating-point layers)", *score(replace(recipe, keep_floating_point=()))))
     head = len(rows)
     names = [name for name, module in source.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
-    for group in sorted({layer_group(name) for name in names if not recipe.keeps(name)}):
-        rows.append((f"only {group}", *score(recipe, lambda name, g=group: layer_group(name) == g)))
+    unkept = replace(recipe, keep_floating_point=())
+    for group in sorted({layer_group(name) for name in names}):
+        kept = all(recipe.keeps(name) for name in names if layer_group(name) == group)
+        variant = unkept if kept else recipe  # what quantizing a group the recipe keeps would cost
+        rows.append((f"only {group}{' (kept floating point by the recipe)' if kept else ''}", *score(variant, lambda name, g=group: layer_group(name) == g)))
         log.info("%s", rows[-1])
     lines = [
         "# Quantization sensitivity of the denoiser, per layer group",
         "",
-        f"Recipe `{recipe.name}` ({recipe.format}, {recipe.method} calibration), model `{model_dir or 'the demo model'}` ({preset}).",
+        f"Slot `{slot.name}`, recipe `{recipe.name}` ({recipe.format}, {recipe.method} calibration), model `{model_dir or 'the demo model'}` ({preset}).",
         "The first rows quantize the whole recipe with each calibration method, and every quantizable layer;",
         "then each row quantizes one group (everything else floating point) and compares the clip with the",
         f"floating-point pipeline on {len(requests)} prompts (seed 7). Lower PSNR = more sensitive. Command:",
-        "`python -m t2vserve.quantize sweep`.",
+        f"`python -m t2vserve.quantize sweep{f' --slot {slot.name} --preset {preset}' if slot_name else ''}`.",
         "",
         "| quantized | layers | mean PSNR (dB) | mean SSIM |",
         "|---|---|---|---|",

@@ -18,11 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--preset", default="tiny")
     sweep.add_argument("--out", type=Path, default=Path("docs/int8-sensitivity.md"))
     sweep.add_argument("--calibration-prompts", type=int, default=None)
+    sweep.add_argument("--slot", default=None, help="quantized slot to sweep, e.g. transformer_int8 (default: the model's first)")
     sweep.add_argument("--methods", default="max,percentile,smoothquant",
                        help="calibration methods compared on the whole recipe (entropy: KL histograms, ~20 min on 2 CPU cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_sweep(args.model_dir, args.preset, args.out, args.calibration_prompts, tuple(args.methods.split(",")))
+    return run_sweep(args.model_dir, args.preset, args.out, args.calibration_prompts, tuple(args.methods.split(",")), args.slot)
 
 
 if __name__ == "__main__":

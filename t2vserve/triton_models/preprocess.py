@@ -2,8 +2,9 @@
 
 It also starts the request's clock: DEADLINE is its arrival time plus TIME_LIMIT_S (default and
 maximum: the config parameter ``max_time_limit_s``), checked by the denoising loop at every step.
-Config parameters: ``safety_filter`` (the prompt filter's file, ``t2vserve.safety.find_filter_file``)
-and ``safety_filter_enabled`` (``false``: no filter, for research deployments).
+Config parameters: ``safety_filter`` (the prompt filter's file, ``t2vserve.safety.find_filter_file``),
+``safety_filter_enabled`` (``false``: no filter, for research deployments) and ``tracks`` (the
+PRECISION tracks this server's runner serves, set in ``configs/<runner>.pbtxt``; absent: all).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class TritonPythonModel:
         self.clean = family.clean_prompt
         self.tokenizer = family.load_tokenizer(directory / "tokenizer")
         config = model_config(args)
+        served = config_parameter(config, "tracks", "")  # the runner's tracks (configs/<runner>.pbtxt), else all
+        if served:
+            self.geometry = self.geometry.served(served.split(","))
         self.max_time_limit_s = float(config_parameter(config, "max_time_limit_s", str(MAX_TIME_LIMIT_S)))
         self.prompt_filter = configured_filter(
             config_parameter(config, "safety_filter", SAFETY_FILTER_FILE), config_parameter(config, "safety_filter_enabled", "true"), directory

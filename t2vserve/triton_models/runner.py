@@ -1,4 +1,4 @@
-"""Engine slots (``text_encoder``, ``kv_projector``, ``unet``, ``unet_int8``, ``vae_decoder``) run by a runner.
+"""Engine slots (``text_encoder``, ``kv_projector``, ``unet``, ``unet_int8``, ``unet_fp8``, ``vae_decoder``) run by a runner.
 
 Used where TensorRT is absent: the entry's ``configs/<runner>.pbtxt`` selects this model with a
 ``runner`` parameter (``onnxruntime`` or ``torch``). Requests that Triton's dynamic batcher hands
@@ -12,7 +12,7 @@ import os
 import torch
 import triton_python_backend_utils as pb_utils
 
-from ..runners import batch_or_each, make_runner
+from ..runners import KERNELS_LOG, batch_or_each, make_runner
 from .common import config_parameter, error_response, from_torch, model_config, to_torch, version_dir
 
 
@@ -25,6 +25,7 @@ class TritonPythonModel:
         # inputs declared with a reshape (per-sample scalars sent as [batch, 1]) reach the graph as [batch]
         self.reshapes = {t["name"]: [int(d) for d in t["reshape"].get("shape", [])] for t in config["input"] if "reshape" in t}
         self.runner = make_runner(config_parameter(config, "runner", "onnxruntime"), version_dir(args), config)
+        pb_utils.Logger.log_info(f"{args['model_name']}: {KERNELS_LOG}{self.runner.kernels}")  # read by the benchmarks
         warm_up = getattr(self.runner, "warm_up", None)
         if warm_up is not None and config_parameter(config, "warmup", "true") != "false":
             seconds = warm_up()  # READY only once every batch size the batcher can form has run (compiled)
