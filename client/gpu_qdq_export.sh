@@ -12,7 +12,7 @@ set -euo pipefail
 out=${OUT:-outputs}; mkdir -p "$out"
 for wheels in "$@"; do bash client/gpu_bench.sh install "$wheels" > /dev/null; done
 [ $# -gt 0 ] || [ -n "${TINY:-}" ] || bash client/gpu_bench.sh install "" > /dev/null   # the .pth that puts this checkout on the path
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 PYTHONFAULTHANDLER=1  # a crashing job's Python stack lands in the log
 python3 - <<'EOF'   # fail in seconds, not after a model build, when a wheel is missing
 import importlib.util, sys
 missing = [m for m in ("diffusers", "transformers", "modelopt.torch.quantization", "onnx", "onnx_graphsurgeon", "onnxruntime", "t2vserve")

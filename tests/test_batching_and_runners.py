@@ -97,6 +97,7 @@ def test_torch_runner_warms_batch_1_too_with_one_dynamic_graph_above_it() -> Non
     counter = CompileCounter()
     runner = TorchRunner.__new__(TorchRunner)  # the runner's state without a repository: a toy module, compiled
     runner.module, runner.device, runner.dtype, runner.max_batch = Toy(), torch.device("cpu"), torch.float32, DENOISER_MAX_BATCH
+    runner.unavailable = None
     runner.forward = torch.compile(runner.module, backend=counter)
     runner.slot, runner.input_names, runner.output_names = get_family("unet3d").slot("unet"), [SAMPLE, TIMESTEP, KV], [NOISE_PRED]
     values = {"channels": 4, "latent_frames": 2, "latent_height": 4, "latent_width": 4, "seq": 3, "kv_width": 8}

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary: also run the perf recipe")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench.json")
     parser.add_argument("--work", type=Path, default=None, help="keep the model and repository here (default: a temporary directory)")
+    parser.add_argument("--tracks-only", action="store_true", help="inprocess: only the --precisions tracks' denoiser steps")
     parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="report: JSON files to merge")
     args = parser.parse_args(argv)
     quiet_libraries()

@@ -30,6 +30,9 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0])
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "family": family.name}
     dtype = family.reference_dtype if cuda else torch.float32
+    if args.tracks_only:  # only the precision tracks' denoiser steps (no diffusers reference, no clip)
+        results["tracks"] = inprocess_tracks(repository, geometry, args, lambda: denoiser_feeds(geometry, request, args.device))
+        return results
 
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=dtype).to(args.device)
     pipe.set_progress_bar_config(disable=True)
@@ -98,6 +101,15 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
         del runners, denoiser
         results["tracks"] = inprocess_tracks(repository, geometry, args, lambda: feeds)
     return results
+
+
+def denoiser_feeds(geometry: Any, request: Any, device: str) -> dict[str, torch.Tensor]:
+    """Random denoiser inputs of one CFG pair at the request's size (what a step's call carries), fp32."""
+    from ..spec import KV, SAMPLE, TIMESTEP
+
+    shape = geometry.latent_shape(request.height, request.width, request.num_frames, batch=2)
+    return {SAMPLE: torch.randn(shape, device=device), TIMESTEP: torch.full((2,), 981.0, device=device),
+            KV: torch.randn(2, geometry.text_max_length, geometry.kv_layout.width, device=device)}
 
 
 def step_cache_clips(runners: RunnerPipeline, request: Any, thresholds: list[float], repeats: int, cuda: bool) -> dict[str, dict[str, Any]]:

@@ -90,7 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     inprocess = results.get("inprocess")
     if inprocess:
-        lines += inprocess_table(inprocess)
+        lines += inprocess_table(inprocess) if "diffusers_clip_s" in inprocess else []  # --tracks-only: the tracks alone
         lines += tracks_table(inprocess["tracks"], served=False) if inprocess.get("tracks") else []
     served = results.get("served") or results.get("cpu")
     if served:

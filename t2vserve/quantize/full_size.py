@@ -131,7 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for row in results["jobs"].values():
         if "qdq" not in row:
-            lines.append(f"| {row.get('slot', row['job'])} | {row['job'].split(':')[1]} | | failed: {row.get('error', '?')[:150]} | | | | | | | |")
+            lines.append(f"| {row.get('slot', row['job'])} | {row['job'].replace('-', ':').split(':')[-1]} | | failed: {row.get('error', '?')[:150]} | | | | | | | |")
             continue
         files = " + ".join(f"{name} {_bytes(size)}" for name, size in row["files"].items() if name.startswith("model.onnx"))
         t, check = row["timings_s"], row["check"]

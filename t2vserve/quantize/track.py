@@ -96,9 +96,14 @@ def quantize_slot(slot: Any, components: Any, geometry: Any, directory: Path, re
     quantized, summary = quantize_module(source, recipe, calibration.to(device))
     store_quantized_weights(quantized, recipe.format)  # 8-bit weight initializers straight from the export
     timings["quantize_s"] = time.perf_counter() - mark
+    # Calibration is where the GPU pays; export and check run on the CPU: TorchScript tracing on CUDA breaks in
+    # diffusers' UNet3D (repeat_interleave with output_size builds its index on the host; seen on an H200)
+    quantized, source = quantized.to("cpu"), source.to("cpu")
+    if device != "cpu":
+        torch.cuda.empty_cache()
     path = Path(directory) / "model.onnx"
     shapes = replace(geometry, preset=shapes_preset or geometry.preset)
-    example = {k: v.to(device) for k, v in slot.example_inputs(family.example_values(shapes), geometry.vocab_size).items()}
+    example = slot.example_inputs(family.example_values(shapes), geometry.vocab_size)
     mark = time.perf_counter()
     fp8 = recipe.format == "fp8"
     finished: dict[str, dict[str, int]] = {}
