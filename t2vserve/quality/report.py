@@ -37,10 +37,11 @@ __all__ = ["QUALITY_SET", "evaluate", "gate_failures", "load_quality_set", "mark
 
 
 def entry_weight_bytes(repository: Path, entry: str) -> int:
-    """Stored weight bytes of a denoiser entry (an INT8 entry: its quantization report's INT8 weights)."""
+    """Stored weight bytes of a denoiser entry (a quantized entry: its quantization report's 8-bit weights)."""
     report = repository / entry / "1" / QUANTIZATION_REPORT
     if report.exists():
-        return int(json.loads(report.read_text())["weight_bytes"]["int8"])
+        data = json.loads(report.read_text())
+        return int(data["weight_bytes"][data["format"]])
     return weight_bytes(repository / entry / "1" / "model.onnx")["stored"]
 
 
