@@ -3,12 +3,13 @@
 #   bash client/gpu_bench.sh install   WHEEL_DIR   # (as often as needed) add wheels the machine lacks
 #   bash client/gpu_bench.sh inprocess [WHEEL_DIR] # diffusers eager vs runner modules, denoiser steps, VAE
 #   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
-# PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, CONCURRENCY (default 1,2,4),
+# PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, HEIGHT and WIDTH, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
 # EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; PRECISION (e.g. fp16,fp8 for
 # modelscope, bf16,fp8 for wan22) times those tracks side by side, served and in-process, with the
 # kernels each ran (the first track is also the one of the other measurements); the model and repository are
-# kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them.
+# kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them. TAG names the
+# results (bench-$PRESET-$TAG-$part.json) so runs of one preset at other sizes or repeats keep their own.
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
 # Triton Python stub ignores PYTHONPATH; numpy 1.26 there because the Python backend of Triton 2.51
@@ -38,6 +39,8 @@ site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 } > "$site/t2vserve-extra.pth"
 [ "$part" = install ] && { python3 -c 'import numpy, sys; print("numpy", numpy.__version__); import grpc' || true; exit 0; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+# an earlier run's tritonserver may still be shutting down (its stubs hold GPU memory): wait up to 2 minutes
+for _ in $(seq 60); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 2; done
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
 T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); import diffusers, transformers, av, t2vserve.families'
@@ -47,5 +50,5 @@ extra=()
 if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
-  ${FRAMES:+--frames "$FRAMES"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "/tmp/t2v-bench-$preset" \
-  --repeats "${REPEATS:-2}" --per-client 2 ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset-$part.log"
+  ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "/tmp/t2v-bench-$preset" \
+  --repeats "${REPEATS:-2}" --per-client 2 ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset${TAG:+-$TAG}-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset${TAG:+-$TAG}-$part.log"

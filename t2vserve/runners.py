@@ -90,7 +90,9 @@ class TorchRunner:
 
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
-    entries use ``default``: it pays on a compute-bound step, CUDA graphs do not).
+    entries use ``default``: it pays on a compute-bound step, CUDA graphs do not), ``compiled_batch_sizes``
+    (e.g. "1,2,4,8", the default for max_batch_size 8): one static graph each, compiled at warm-up; a batch
+    of another size is padded to the next compiled size.
     An ``fp8`` slot (``unet_fp8``, ``transformer_fp8``) runs its source module with the Linear layers
     swapped for E4M3 GEMMs (``kernels.fp8.convert_to_fp8``, the slot recipe's floating-point layers
     kept); where FP8 GEMMs do not exist (CUDA below compute capability 8.9) it loads nothing and
@@ -126,21 +128,20 @@ class TorchRunner:
         if slot.quantized_format == "fp8":
             self.kernels = f"{fp8_module(self.module, str(slot.recipe)).summary()} (E4M3 GEMMs, torch._scaled_mm); everything else torch {dtype}"
         mode = params.get("compile", "none")
-        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode)
+        # static graphs, one per compiled batch size (dynamic=False): the UNet3D's forward specialises the
+        # batch (diffusers' repeat_interleave), so a graph marked dynamic in it fails to compile and ran eagerly
+        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
+        sizes = params.get("compiled_batch_sizes", "")
+        self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch)
 
     def warm_up(self) -> dict[int, float]:
-        """Run the slot at its preset's most frequent shape for every batch the dynamic batcher can form
-        (1 to max_batch_size: CFG pairs are 2, a guidance-free request 1), so torch.compile's compile
-        happens before the entry is READY rather than under load. Batched entries mark the batch dimension
-        dynamic from the first call: one compile serves every batch size above 1 (measured on an H100 with
-        the ModelScope UNet: a static graph per size plus the dynamic recompile kept the server from READY
-        for over 8 minutes cold); batch 1, which torch.compile always specialises, gets its own graph, last.
-        Seconds per batch size; nothing to do when not compiling.
-        """
+        """Compile and run the slot at its preset's most frequent shape for every compiled batch size (the
+        CFG pair first), so torch.compile's compiles happen before the entry is READY rather than under load.
+        Seconds per batch size; nothing to do when not compiling."""
         if self.forward is self.module or self.module is None or "warmup_values" not in self.source:
             return {}
         values = dict(self.source["warmup_values"])
-        sizes = sorted(range(1, self.max_batch + 1), key=lambda size: size == 1) if self.max_batch else [values.get("batch", CFG_BATCH)]
+        sizes = sorted(self.compiled_sizes, key=lambda size: (size != CFG_BATCH, size)) if self.max_batch else [values.get("batch", CFG_BATCH)]
         seconds = {}
         for size in sizes:
             start = time.perf_counter()
@@ -149,6 +150,13 @@ class TorchRunner:
                 torch.cuda.synchronize(self.device)
             seconds[size] = time.perf_counter() - start
         return seconds
+
+    def padded_batch(self, batch: int) -> int:
+        """The compiled batch size a batch of ``batch`` runs at: the smallest compiled size that holds it
+        (the batcher's other sizes are padded up rather than compiled under load); ``batch`` when eager."""
+        if self.forward is self.module or not self.max_batch:
+            return batch
+        return min((size for size in self.compiled_sizes if size >= batch), default=batch)
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.unavailable or self.forward is None:
@@ -159,11 +167,10 @@ class TorchRunner:
             # activations run in the runner's dtype; timesteps stay fp32 (bf16 would turn 999 into 1000)
             cast = tensor.is_floating_point() and name != TIMESTEP
             args.append(tensor.to(self.dtype) if cast else tensor)
-        if self.forward is not self.module:
-            for tensor in args:  # batch sizes vary with the dynamic batcher: one graph dynamic in the batch
-                # (a size-1 dimension is specialised whatever the mark: only a hint there, never a constraint)
-                dynamic = self.max_batch and tensor.shape[0] > 1
-                (torch._dynamo.mark_dynamic if dynamic else torch._dynamo.maybe_mark_dynamic)(tensor, 0)
+        batch = args[0].shape[0]
+        padded = self.padded_batch(batch)
+        if padded != batch:  # repeat the last sample: its rows are computed and dropped
+            args = [torch.cat([t, t[-1:].expand(padded - batch, *t.shape[1:])]) for t in args]
         with torch.inference_mode():
             try:
                 output = self.forward(*args)
@@ -173,7 +180,14 @@ class TorchRunner:
                 log.warning("torch.compile failed (%s); running eagerly", exc)
                 self.forward = self.module
                 output = self.forward(*args)
-        return {self.output_names[0]: output.float()}
+        return {self.output_names[0]: (output[:batch] if padded != batch else output).float()}
+
+
+def compiled_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes a batched entry compiles: powers of two up to ``max_batch``, and ``max_batch`` (1, 2, 4, 8 for 8)."""
+    if max_batch <= 0:
+        return ()
+    return tuple(sorted({*(2**k for k in range(max_batch.bit_length()) if 2**k <= max_batch), max_batch}))
 
 
 def fp8_unavailable(device: torch.device) -> str | None:

@@ -80,31 +80,38 @@ def test_a_failed_batch_is_logged_before_the_one_by_one_retry(caplog) -> None:
     assert caplog.records == []
 
 
-def test_torch_runner_warms_batch_1_too_with_one_dynamic_graph_above_it() -> None:
-    """The batcher forms batches 1 (guidance-free requests) to max_batch_size: all are warmed before READY; batch
-    2..8 share one graph dynamic in the batch, batch 1 (which torch.compile specialises) has its own, warmed last."""
+def test_torch_runner_compiles_each_batch_size_at_warm_up_and_pads_the_others() -> None:
+    """The batcher forms batches 1 (guidance-free requests) to max_batch_size. One static graph per compiled size
+    (1, 2, 4, 8), all compiled before READY, the CFG pair first; a batch of another size runs padded to the next
+    compiled size (no compile under load) and returns its own rows, equal to the module run on them alone."""
     import torch
     from torch._dynamo.testing import CompileCounter
 
     from t2vserve.families import get_family
-    from t2vserve.runners import TorchRunner
+    from t2vserve.runners import TorchRunner, compiled_batch_sizes
     from t2vserve.spec import DENOISER_MAX_BATCH, KV, NOISE_PRED, SAMPLE, TIMESTEP
 
     class Toy(torch.nn.Module):
         def forward(self, sample, timestep, kv):
             return sample * timestep.view(-1, 1, 1, 1, 1) + kv.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
 
+    assert compiled_batch_sizes(DENOISER_MAX_BATCH) == (1, 2, 4, 8) and compiled_batch_sizes(6) == (1, 2, 4, 6)
+    assert compiled_batch_sizes(0) == ()
     counter = CompileCounter()
     runner = TorchRunner.__new__(TorchRunner)  # the runner's state without a repository: a toy module, compiled
     runner.module, runner.device, runner.dtype, runner.max_batch = Toy(), torch.device("cpu"), torch.float32, DENOISER_MAX_BATCH
-    runner.unavailable = None
-    runner.forward = torch.compile(runner.module, backend=counter)
+    runner.unavailable, runner.compiled_sizes = None, compiled_batch_sizes(DENOISER_MAX_BATCH)
+    runner.forward = torch.compile(runner.module, backend=counter, dynamic=False)
     runner.slot, runner.input_names, runner.output_names = get_family("unet3d").slot("unet"), [SAMPLE, TIMESTEP, KV], [NOISE_PRED]
     values = {"channels": 4, "latent_frames": 2, "latent_height": 4, "latent_width": 4, "seq": 3, "kv_width": 8}
     runner.source = {"warmup_values": values, "vocab_size": 2}
     torch._dynamo.reset()
-    assert list(runner.warm_up()) == [*range(2, DENOISER_MAX_BATCH + 1), 1]
-    assert counter.frame_count == 2
-    for size in (1, 3, 2):  # what the batcher hands over later: no further compile
-        runner.run(runner.slot.example_inputs({**values, "batch": size}, 2))
-    assert counter.frame_count == 2
+    assert list(runner.warm_up()) == [2, 1, 4, 8]
+    assert counter.frame_count == 4
+    for size in (1, 3, 2, 5, 7):  # what the batcher hands over later: no further compile
+        inputs = runner.slot.example_inputs({**values, "batch": size}, 2)
+        assert runner.padded_batch(size) == {1: 1, 2: 2, 3: 4, 5: 8, 7: 8}[size]
+        output = runner.run(inputs)[NOISE_PRED]
+        assert output.shape[0] == size
+        torch.testing.assert_close(output, Toy()(*(inputs[name] for name in runner.input_names)))
+    assert counter.frame_count == 4

@@ -48,7 +48,7 @@ def prepare_repository(preset: str, device: str, work: Path, runner: str, expert
 def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     """``make bench``: the tiny model in-process (ONNX Runtime runners) vs through the embedded server."""
     geometry = load_geometry(repository)
-    request = bench_request(geometry, args.steps, args.frames)
+    request = bench_request(geometry, args.steps, args.frames, height=args.height, width=args.width)
     runners = RunnerPipeline(repository, args.runner, args.device, request.precision)
     runners.clip(request)
     inprocess = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0)
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", choices=("onnxruntime", "torch"), default=None, help="default: onnxruntime on CPU, torch on CUDA")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None, help="default: the preset's (e.g. 256 with --width 256: a small modelscope clip)")
+    parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--step-cache", type=lambda s: [float(t) for t in s.split(",") if t], default=[],
                         help="inprocess, cpu: also time the in-process clip with the step cache at these thresholds, "

@@ -97,11 +97,13 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def bench_request(geometry: ModelGeometry, steps: int | None, frames: int | None, precision: str | None = None) -> ResolvedRequest:
+def bench_request(geometry: ModelGeometry, steps: int | None, frames: int | None, precision: str | None = None,
+                  height: int | None = None, width: int | None = None) -> ResolvedRequest:
+    """The benchmark's request: the preset's defaults, with steps, frames, track and size where given."""
     p = geometry.presets
     track = precision or geometry.tier_precision("full")  # full precision by default
     return ResolvedRequest(
-        BENCH_PROMPT, p.negative_prompt, steps or p.steps, p.guidance_scale, 42, p.height, p.width,
+        BENCH_PROMPT, p.negative_prompt, steps or p.steps, p.guidance_scale, 42, height or p.height, width or p.width,
         frames or p.num_frames, p.fps, track, p.sampler,
     )
 

@@ -27,7 +27,7 @@ def run_inprocess(args: argparse.Namespace, model_dir: Path, repository: Path) -
     cuda = args.device == "cuda"
     geometry = load_geometry(repository)
     family = get_family(geometry.family)
-    request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0])
+    request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width)
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "family": family.name}
     dtype = family.reference_dtype if cuda else torch.float32
     if args.tracks_only:  # only the precision tracks' denoiser steps (no diffusers reference, no clip)

@@ -44,7 +44,7 @@ class GpuMemoryPoller:
 
 def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     geometry = load_geometry(repository)
-    request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0]))
+    request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width))
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "runner": args.runner}
     if args.device == "cuda":
         os.environ["T2V_ASSERT_DEVICE"] = "cuda"  # the scheduler checks K/V, latents, denoiser output every step

@@ -33,7 +33,7 @@ def served_tracks(url: str, geometry: ModelGeometry, args: Any, log: Path) -> di
     results: dict[str, dict[str, Any]] = {}
     for track in args.precisions:
         entries = geometry.tracks.get(track, [])
-        request = as_client_request(bench_request(geometry, args.steps, args.frames, track))
+        request = as_client_request(bench_request(geometry, args.steps, args.frames, track, height=args.height, width=args.width))
         row: dict[str, Any] = {"entries": entries}
         try:
             with T2VClient(url) as client:
