@@ -91,8 +91,8 @@ class TorchRunner:
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
     entries use ``default``: it pays on a compute-bound step, CUDA graphs do not), ``compiled_batch_sizes``
-    (e.g. "1,2,4,8", the default for max_batch_size 8): one static graph each, compiled at warm-up; a batch
-    of another size is padded to the next compiled size.
+    (default "2,4,8" for max_batch_size 8: CFG pairs; "1,2,4,8" adds guidance-free requests): one static graph
+    each, compiled at warm-up; a batch of another size is padded to the next compiled size.
     An ``fp8`` slot (``unet_fp8``, ``transformer_fp8``) runs its source module with the Linear layers
     swapped for E4M3 GEMMs (``kernels.fp8.convert_to_fp8``, the slot recipe's floating-point layers
     kept); where FP8 GEMMs do not exist (CUDA below compute capability 8.9) it loads nothing and
@@ -184,10 +184,14 @@ class TorchRunner:
 
 
 def compiled_batch_sizes(max_batch: int) -> tuple[int, ...]:
-    """Batch sizes a batched entry compiles: powers of two up to ``max_batch``, and ``max_batch`` (1, 2, 4, 8 for 8)."""
+    """Batch sizes a batched entry compiles: the CFG pair times powers of two up to ``max_batch``, and
+    ``max_batch`` (2, 4, 8 for 8). Every request with guidance sends a pair, so the batcher forms even sizes; a
+    guidance-free request (batch 1) runs padded to the pair unless ``compiled_batch_sizes`` lists 1."""
     if max_batch <= 0:
         return ()
-    return tuple(sorted({*(2**k for k in range(max_batch.bit_length()) if 2**k <= max_batch), max_batch}))
+    if max_batch < CFG_BATCH:
+        return (max_batch,)
+    return tuple(sorted({*(CFG_BATCH * 2**k for k in range(max_batch.bit_length()) if CFG_BATCH * 2**k <= max_batch), max_batch}))
 
 
 def fp8_unavailable(device: torch.device) -> str | None:
