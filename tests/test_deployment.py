@@ -62,7 +62,7 @@ def _commands(service: dict) -> list[list[str]]:
 
 def test_compose_schema(compose) -> None:
     assert set(k for k in compose if not k.startswith("x-")) <= TOP_LEVEL_KEYS
-    assert set(compose["services"]) == {"engines", "triton", "perf"}
+    assert set(compose["services"]) == {"engines", "triton", "triton-torch", "perf"}
     named_volumes = set(compose.get("volumes") or {})
     for name, service in compose["services"].items():
         unknown = set(service) - SERVICE_KEYS
@@ -185,6 +185,31 @@ def test_triton_ports_gpu_and_health(compose) -> None:
     assert triton["depends_on"] == {"engines": {"condition": "service_completed_successfully"}}
 
 
+def test_torch_profile_serves_the_torch_runner_with_a_persistent_compile_cache(compose, monkeypatch) -> None:
+    """triton-torch: the triton service's server on the torch runner's configs, its torch.compile caches in a
+    named volume (the variables the embedded server sets for T2V_COMPILE_CACHE_DIR), the weights the export
+    recorded mounted, other host ports so both services can run."""
+    from t2vserve.server import RUNNER_CONFIG_NAMES
+    from t2vserve.settings import COMPILE_CACHE_ENV, compile_cache_environment
+
+    triton, torch_service = compose["services"]["triton"], compose["services"]["triton-torch"]
+    assert torch_service["profiles"] == ["torch"] and torch_service["image"] == triton["image"]
+    check, server = _commands(torch_service)
+    triton_check, triton_server = _commands(triton)
+    assert check == triton_check
+    assert f"--model-config-name={RUNNER_CONFIG_NAMES['torch']}" in server
+    assert [flag for flag in server if not flag.startswith("--model-config-name")] == triton_server
+    cache_volume = next(v for v in torch_service["volumes"] if v.startswith("torch-compile-cache:"))
+    root = cache_volume.split(":")[1]
+    monkeypatch.setenv(COMPILE_CACHE_ENV, root)
+    assert {k: torch_service["environment"][k] for k in compile_cache_environment()} == compile_cache_environment()
+    assert "torch-compile-cache" in compose["volumes"]
+    assert any(v.endswith(":/weights:ro") for v in torch_service["volumes"])
+    published = {port.split(":")[0] for port in torch_service["ports"]}
+    assert not published & {port.split(":")[0] for port in triton["ports"]}
+    assert torch_service["healthcheck"]["test"] == triton["healthcheck"]["test"]
+
+
 def test_perf_profile_runs_perf_analyzer_from_the_sdk_image(compose) -> None:
     perf = compose["services"]["perf"]
     assert perf["profiles"] == ["perf"]
@@ -242,7 +267,7 @@ def test_docker_compose_config_validates() -> None:
     )
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
-    assert set(resolved["services"]) == {"engines", "triton", "perf"}
+    assert set(resolved["services"]) == {"engines", "triton", "perf"}  # triton-torch: profile torch
     assert "triton-admin-key=test-key" in " ".join(resolved["services"]["triton"]["command"])
     env.pop("TRITON_ADMIN_KEY")  # unset: compose (so `run engines`) works, triton's --check refuses the empty key
     config = cli + ["config", "--format", "json"]
