@@ -10,6 +10,7 @@
 # kernels each ran (the first track is also the one of the other measurements); the model and repository are
 # kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them. TAG names the
 # results (bench-$PRESET-$TAG-$part.json) so runs of one preset at other sizes or repeats keep their own.
+# T2V_TORCH_COMPILE=none serves the torch runner eagerly (t2vserve/settings.py; no compile at start).
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
 # Triton Python stub ignores PYTHONPATH; numpy 1.26 there because the Python backend of Triton 2.51

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .params import ParameterError
+from .settings import torch_compile_mode
 from .spec import CFG_BATCH, TIMESTEP
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,10 @@ class TorchRunner:
         self.kernels = f"torch {dtype}"
         if slot.quantized_format == "fp8":
             self.kernels = f"{fp8_module(self.module, str(slot.recipe)).summary()} (E4M3 GEMMs, torch._scaled_mm); everything else torch {dtype}"
-        mode = params.get("compile", "none")
+        mode = torch_compile_mode(params.get("compile", "none"))
         # static graphs, one per compiled batch size (dynamic=False): the UNet3D's forward specialises the
         # batch (diffusers' repeat_interleave), so a graph marked dynamic in it fails to compile and ran eagerly
-        self.forward = self.module if mode in ("", "none") or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
+        self.forward = self.module if mode == "none" or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
         sizes = params.get("compiled_batch_sizes", "")
         self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch)
 

@@ -15,6 +15,11 @@ Environment variables override the defaults where a deployment needs another val
     to its Python-backend stubs. Unset: torch's default under ``/tmp`` (lost with the machine). The
     compose ``triton-torch`` service keeps it in the ``torch-compile-cache`` volume, so a restarted
     server loads its kernels instead of compiling them again.
+
+``T2V_TORCH_COMPILE``
+    Overrides the torch runner's ``compile`` config parameter for every entry (``none``, ``default``,
+    ``max-autotune``): e.g. ``none`` to serve eagerly (no compile at start, slower steps), for debugging
+    or a benchmark of the eager path. Unset: each entry's ``configs/torch.pbtxt`` decides.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ def server_host() -> str:
 
 
 COMPILE_CACHE_ENV = "T2V_COMPILE_CACHE_DIR"
+TORCH_COMPILE_ENV = "T2V_TORCH_COMPILE"
+TORCH_COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def torch_compile_mode(configured: str) -> str:
+    """The torch runner's torch.compile mode: ``$T2V_TORCH_COMPILE`` if set, else ``configured`` (the entry's config)."""
+    mode = os.environ.get(TORCH_COMPILE_ENV, "").strip() or configured or "none"
+    if mode not in TORCH_COMPILE_MODES:
+        raise ValueError(f"{TORCH_COMPILE_ENV} / compile: {mode!r} is not a torch.compile mode; allowed: {', '.join(TORCH_COMPILE_MODES)}")
+    return mode
 
 
 def compile_cache_environment() -> dict[str, str]:

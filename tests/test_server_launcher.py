@@ -204,3 +204,16 @@ def test_launcher_stops_tritonserver_when_a_stub_dies(tmp_path) -> None:
                     kill(server, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_torch_compile_mode_env_overrides_the_entry_config(monkeypatch) -> None:
+    """T2V_TORCH_COMPILE replaces every entry's ``compile`` parameter (e.g. none: serve eagerly); a typo is refused."""
+    from t2vserve.settings import TORCH_COMPILE_ENV, torch_compile_mode
+
+    monkeypatch.delenv(TORCH_COMPILE_ENV, raising=False)
+    assert torch_compile_mode("default") == "default" and torch_compile_mode("") == "none"
+    monkeypatch.setenv(TORCH_COMPILE_ENV, "none")
+    assert torch_compile_mode("default") == "none"
+    monkeypatch.setenv(TORCH_COMPILE_ENV, "fast")
+    with pytest.raises(ValueError, match="T2V_TORCH_COMPILE.*'fast'.*allowed: none, default"):
+        torch_compile_mode("default")
