@@ -82,7 +82,7 @@ def test_a_failed_batch_is_logged_before_the_one_by_one_retry(caplog) -> None:
 
 def test_torch_runner_compiles_each_batch_size_at_warm_up_and_pads_the_others() -> None:
     """The batcher forms batches 1 (guidance-free requests) to max_batch_size. One static graph per compiled size
-    (CFG pairs by default: 2, 4, 8; here also 1), all compiled before READY, the CFG pair first; a batch of another
+    (CFG pairs by default: 2, 4, 6, 8; here 1, 2, 4, 8), all compiled before READY, the CFG pair first; a batch of another
     size runs padded to the next compiled size (no compile under load) and returns its own rows, equal to the
     module run on them alone."""
     import torch
@@ -96,12 +96,12 @@ def test_torch_runner_compiles_each_batch_size_at_warm_up_and_pads_the_others() 
         def forward(self, sample, timestep, kv):
             return sample * timestep.view(-1, 1, 1, 1, 1) + kv.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
 
-    assert compiled_batch_sizes(DENOISER_MAX_BATCH) == (2, 4, 8) and compiled_batch_sizes(6) == (2, 4, 6)
+    assert compiled_batch_sizes(DENOISER_MAX_BATCH) == (2, 4, 6, 8) and compiled_batch_sizes(7) == (2, 4, 6, 7)
     assert compiled_batch_sizes(0) == () and compiled_batch_sizes(1) == (1,)
     counter = CompileCounter()
     runner = TorchRunner.__new__(TorchRunner)  # the runner's state without a repository: a toy module, compiled
     runner.module, runner.device, runner.dtype, runner.max_batch = Toy(), torch.device("cpu"), torch.float32, DENOISER_MAX_BATCH
-    runner.unavailable, runner.compiled_sizes = None, (1, *compiled_batch_sizes(DENOISER_MAX_BATCH))
+    runner.unavailable, runner.compiled_sizes = None, (1, 2, 4, 8)
     runner.forward = torch.compile(runner.module, backend=counter, dynamic=False)
     runner.slot, runner.input_names, runner.output_names = get_family("unet3d").slot("unet"), [SAMPLE, TIMESTEP, KV], [NOISE_PRED]
     values = {"channels": 4, "latent_frames": 2, "latent_height": 4, "latent_width": 4, "seq": 3, "kv_width": 8}
