@@ -1,5 +1,7 @@
 """The shared conditioning cache: one text's packed K/V, kept where it was computed, LRU-bounded by bytes.
 
+The same LRU keeps the ``scheduler``'s response cache (a request's denoised latents, ``RESPONSE_METRICS``).
+
 Pure Python (no Triton): the ``conditioning`` entry (``triton_models/conditioning.py``) owns one
 instance per served model and reports ``CacheStats`` as Prometheus metrics. Keys are whatever the
 caller chooses (there: a text's token ids, which are all its K/V depends on). Pinned entries (the
@@ -95,3 +97,14 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "bytes": ("t2v_conditioning_cache_bytes", "gauge", "Bytes of K/V the cache holds (on the device it was computed on)"),
 }
 BUDGET_METRIC = ("t2v_conditioning_cache_budget_bytes", "gauge", "The cache's byte budget (config parameter cache_bytes)")
+
+#: The same for each ``scheduler`` instance's response cache (denoised latents of requests with an explicit SEED),
+#: with the label ``instance`` besides model and version: every instance keeps its own cache.
+RESPONSE_METRICS: dict[str, tuple[str, str, str]] = {
+    "hits": ("t2v_response_cache_hits_total", "counter", "Requests answered from the response cache (no denoising step ran)"),
+    "misses": ("t2v_response_cache_misses_total", "counter", "Requests with an explicit SEED that were denoised (then kept)"),
+    "evictions": ("t2v_response_cache_evictions_total", "counter", "Entries evicted to stay within the byte budget"),
+    "entries": ("t2v_response_cache_entries", "gauge", "Requests whose denoised latents the cache holds"),
+    "bytes": ("t2v_response_cache_bytes", "gauge", "Bytes of denoised latents the cache holds (on the denoiser's device)"),
+}
+RESPONSE_BUDGET_METRIC = ("t2v_response_cache_budget_bytes", "gauge", "The cache's byte budget (config parameter response_cache_bytes)")

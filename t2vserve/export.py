@@ -30,7 +30,7 @@ from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .params import tokenize_pair
-from .spec import CONDITIONING_MODEL, GEOMETRY_FILE, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL, ModelGeometry
+from .spec import CFG_BATCH, CONDITIONING_MODEL, GEOMETRY_FILE, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 
@@ -47,6 +47,15 @@ def tiny_dir(family: str) -> Path:
 
 #: Demo models the project trained itself (``python -m t2vserve.train``), shipped in diffusers format.
 TRAINED_DIR = Path(__file__).parent / "data" / "trained"
+
+
+def request_batch(geometry: ModelGeometry, entry: str) -> int:
+    """Rows one request sends to ``entry`` by default: 1 where a track it serves defaults to no guidance (a
+    distilled student), else the CFG pair. The torch runner compiles the batch sizes built from it."""
+    guidance_free = any(
+        entry in entries and geometry.defaults(precision=track)["GUIDANCE_SCALE"] <= 1.0 for track, entries in geometry.tracks.items()
+    )
+    return 1 if guidance_free else CFG_BATCH
 
 
 def trained_model_dir(family: str) -> Path | None:
@@ -119,7 +128,7 @@ def export_model(
     warmup_values = {**{axis: extent.opt for axis, extent in family.extents(geometry).items()}, **family.constants(geometry)}
     for slot in slots:
         source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts,
-                  "warmup_values": warmup_values, "vocab_size": geometry.vocab_size}
+                  "warmup_values": warmup_values, "vocab_size": geometry.vocab_size, "request_batch": request_batch(geometry, slot.name)}
         (repository / slot.name / "1" / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     if only:
         unknown = sorted(set(only) - {slot.name for slot in slots})

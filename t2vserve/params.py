@@ -6,6 +6,8 @@ turns it into an INVALID_ARG response.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,6 +42,17 @@ class ResolvedRequest:
     sampler: str
     time_limit_s: float = MAX_TIME_LIMIT_S
     step_cache: float = 0.0  # the step cache's threshold (0: off)
+    explicit_seed: bool = False  # SEED came with the request (not drawn by the server): the result is reproducible
+
+    def response_key(self) -> str:
+        """The response cache's key: a digest of everything the denoised latents depend on (texts, steps,
+        guidance, seed, size, track, sampler, step cache; not FPS or TIME_LIMIT_S); empty when the server drew
+        the seed, since then a repeated request asks for a new clip."""
+        if not self.explicit_seed:
+            return ""
+        fields = {k: v for k, v in self.resolved().items() if k not in ("FPS", "TIME_LIMIT_S")}
+        payload = json.dumps({"prompt": self.prompt, "negative_prompt": self.negative_prompt, **fields}, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def resolved(self) -> dict[str, Any]:
         """Resolved parameters by ensemble name (see spec.RESOLVED_PARAMETERS)."""
@@ -137,6 +150,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         sampler=_choice("SAMPLER", inputs.get("SAMPLER"), geometry.presets.sampler, tuple(geometry.samplers)),
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
         step_cache=_number("STEP_CACHE", inputs.get("STEP_CACHE"), defaults["STEP_CACHE"], ranges["STEP_CACHE"], float),
+        explicit_seed=seed is not None,
     )
 
 

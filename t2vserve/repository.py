@@ -43,6 +43,8 @@ from .spec import (
     PREVIEW,
     REMAINING_S,
     RESOLVED_PARAMETERS,
+    RESPONSE_CACHE_BYTES,
+    RESPONSE_KEY,
     SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
     STEP,
@@ -149,13 +151,13 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     (
         "preprocess",
         {p.name: p.name for p in PARAMETERS},
-        {INPUT_IDS: "input_ids", DEADLINE: "deadline", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
+        {INPUT_IDS: "input_ids", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
     ),
     # text_encoder + kv_projector behind the shared cache (they stay entries: conditioning calls them through BLS)
     (CONDITIONING_MODEL, {INPUT_IDS: "input_ids"}, {KV: "kv"}),
     (
         "scheduler",
-        {KV: "kv", DEADLINE: "deadline", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
+        {KV: "kv", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
         {LATENTS: "latents"},
     ),
     ("vae_decoder", {LATENTS: "latents"}, {FRAMES: "frames"}),
@@ -216,7 +218,8 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
         "preprocess": (
             "preprocess",
             ensemble_inputs(),
-            [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,))] + RESOLVED,
+            [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,)), TensorDef(RESPONSE_KEY, "TYPE_STRING", (1,))]
+            + RESOLVED,
             {"max_time_limit_s": f"{MAX_TIME_LIMIT_S:g}", "safety_filter": SAFETY_FILTER_FILE, "safety_filter_enabled": "true"},
         ),
         CONDITIONING_MODEL: (
@@ -231,10 +234,10 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
         ),
         "scheduler": (
             "scheduler",
-            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,))]
+            [TensorDef(KV, "TYPE_FP32", (-1, -1, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,)), TensorDef(RESPONSE_KEY, "TYPE_STRING", (1,))]
             + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
             [TensorDef(LATENTS, "TYPE_FP32", (1, -1, -1, -1, -1))],
-            {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
+            {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "response_cache_bytes": str(RESPONSE_CACHE_BYTES)},
         ),
         "postprocess": (
             "postprocess",

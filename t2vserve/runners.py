@@ -92,7 +92,8 @@ class TorchRunner:
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
     entries use ``default``: it pays on a compute-bound step, CUDA graphs do not), ``compiled_batch_sizes``
-    (default "2,4,6,8" for max_batch_size 8: CFG pairs; "1,2,4,6,8" adds guidance-free requests): one static graph
+    (default ``compiled_batch_sizes(max_batch_size, request_batch)``: "2,4,6,8" for CFG pairs, "1,2,4,8" for an
+    entry whose track defaults to no guidance (``source.json``'s ``request_batch``, written by export)): one static graph
     each, compiled at warm-up; a batch of another size is padded to the next compiled size.
     An ``fp8`` slot (``unet_fp8``, ``transformer_fp8``) runs its source module with the Linear layers
     swapped for E4M3 GEMMs (``kernels.fp8.convert_to_fp8``, the slot recipe's floating-point layers
@@ -133,16 +134,21 @@ class TorchRunner:
         # batch (diffusers' repeat_interleave), so a graph marked dynamic in it fails to compile and ran eagerly
         self.forward = self.module if mode == "none" or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
         sizes = params.get("compiled_batch_sizes", "")
-        self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch)
+        self.request_batch = int(source.get("request_batch", CFG_BATCH))
+        self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch, self.request_batch)
 
     def warm_up(self) -> dict[int, float]:
-        """Compile and run the slot at its preset's most frequent shape for every compiled batch size (the
-        CFG pair first), so torch.compile's compiles happen before the entry is READY rather than under load.
-        Seconds per batch size; nothing to do when not compiling."""
-        if self.forward is self.module or self.module is None or "warmup_values" not in self.source:
+        """Compile and run the slot at its preset's most frequent shape for every compiled batch size (one
+        request's size first), so torch.compile's compiles happen before the entry is READY rather than under load.
+        Seconds per batch size. An eager module on CUDA runs them too (lazy CUDA module loading, cuBLAS and
+        cuDNN set-up: the first eager request at 256x256x16 took 1.74x the steady clip without it); nothing to
+        do for an eager module on the CPU."""
+        eager_on_cpu = self.forward is self.module and self.device.type != "cuda"
+        if self.module is None or "warmup_values" not in self.source or eager_on_cpu:
             return {}
         values = dict(self.source["warmup_values"])
-        sizes = sorted(self.compiled_sizes, key=lambda size: (size != CFG_BATCH, size)) if self.max_batch else [values.get("batch", CFG_BATCH)]
+        first = self.request_batch  # one request's rows: the size the first request needs
+        sizes = sorted(self.compiled_sizes, key=lambda size: (size != first, size)) if self.max_batch else [values.get("batch", first)]
         seconds = {}
         for size in sizes:
             start = time.perf_counter()
@@ -184,17 +190,18 @@ class TorchRunner:
         return {self.output_names[0]: (output[:batch] if padded != batch else output).float()}
 
 
-def compiled_batch_sizes(max_batch: int) -> tuple[int, ...]:
-    """Batch sizes a batched entry compiles: every multiple of the CFG pair up to ``max_batch``, and
-    ``max_batch`` (2, 4, 6, 8 for 8). Every request with guidance sends a pair, so the batcher forms even
-    sizes; none is padded, because where a step fills the GPU a padded row costs as much as a real one (H200,
-    576x320x24: batch 6 padded to 8 took as long as 8). A guidance-free request (batch 1) runs padded to the
-    pair unless ``compiled_batch_sizes`` lists 1."""
+def compiled_batch_sizes(max_batch: int, request_batch: int = CFG_BATCH) -> tuple[int, ...]:
+    """Batch sizes a batched entry compiles, from the rows one request sends (``request_batch``):
+    CFG pairs (2): every multiple of 2 up to ``max_batch`` (2, 4, 6, 8 for 8), the sizes the batcher forms,
+    none padded, because where a step fills the GPU a padded row costs as much as a real one (H200,
+    576x320x24: batch 6 padded to 8 took as long as 8); a guidance-free request there runs padded to the pair.
+    Guidance-free entries (1, a distilled student): powers of two and ``max_batch`` (1, 2, 4, 8), the others
+    padded up. ``max_batch`` is always compiled."""
     if max_batch <= 0:
         return ()
-    if max_batch < CFG_BATCH:
-        return (max_batch,)
-    return tuple(sorted({*range(CFG_BATCH, max_batch + 1, CFG_BATCH), max_batch}))
+    if request_batch >= CFG_BATCH and max_batch >= CFG_BATCH:
+        return tuple(sorted({*range(CFG_BATCH, max_batch + 1, CFG_BATCH), max_batch}))
+    return tuple(sorted({*(2**k for k in range(max_batch.bit_length()) if 2**k <= max_batch), max_batch}))
 
 
 def fp8_unavailable(device: torch.device) -> str | None:

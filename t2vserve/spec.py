@@ -26,6 +26,8 @@ FRAMES = "FRAMES"  # fp32 [frames, 3, H, W] in [-1, 1]: decoded frames
 VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
 DEADLINE = "DEADLINE"  # fp64 [1]: unix time (s) at which the request's TIME_LIMIT_S runs out (set by preprocess)
+# bytes [1]: the response cache's key of a request with an explicit SEED (params.ResolvedRequest.response_key); empty: not cacheable
+RESPONSE_KEY = "RESPONSE_KEY"
 
 #: The streaming entry (decoupled): progress per step, previews, then the clip; beside the ensemble ``t2v``.
 STREAM_MODEL = "t2v_stream"
@@ -70,6 +72,11 @@ CONDITIONING_MODEL = "conditioning"
 #: Its default byte budget (config parameter ``cache_bytes``; 0 turns the cache off). One text's K/V is
 #: ``text_max_length x kv_width x 4`` bytes: tiny unet3d about 0.1 MB, ModelScope 7.7 MB, Wan2.2-5B 377 MB.
 CONDITIONING_CACHE_BYTES = 2 * 2**30
+#: Default byte budget of each ``scheduler`` instance's response cache (config parameter ``response_cache_bytes``):
+#: 0, off, as Triton's own response cache is, since load tests (perf_analyzer, the benchmarks, the soak) send one
+#: request with a fixed SEED again and again and would measure cache hits. An operator turns it on with a budget,
+#: e.g. 268435456 (256 MiB): denoised latents of requests with an explicit SEED, kept on their device (576x320x24: 1.1 MB each).
+RESPONSE_CACHE_BYTES = 0
 #: Token rows whose K/V is pinned in that cache (the default negative prompt), written by export next to it.
 PINNED_TEXTS_FILE = "pinned_texts.json"
 #: The prompt filter's term lists (``t2vserve.safety``): ``preprocess``'s config parameter ``safety_filter``.

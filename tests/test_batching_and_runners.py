@@ -98,10 +98,11 @@ def test_torch_runner_compiles_each_batch_size_at_warm_up_and_pads_the_others() 
 
     assert compiled_batch_sizes(DENOISER_MAX_BATCH) == (2, 4, 6, 8) and compiled_batch_sizes(7) == (2, 4, 6, 7)
     assert compiled_batch_sizes(0) == () and compiled_batch_sizes(1) == (1,)
+    assert compiled_batch_sizes(DENOISER_MAX_BATCH, request_batch=1) == (1, 2, 4, 8)  # a guidance-free entry (distilled)
     counter = CompileCounter()
     runner = TorchRunner.__new__(TorchRunner)  # the runner's state without a repository: a toy module, compiled
     runner.module, runner.device, runner.dtype, runner.max_batch = Toy(), torch.device("cpu"), torch.float32, DENOISER_MAX_BATCH
-    runner.unavailable, runner.compiled_sizes = None, (1, 2, 4, 8)
+    runner.unavailable, runner.compiled_sizes, runner.request_batch = None, (1, 2, 4, 8), 2
     runner.forward = torch.compile(runner.module, backend=counter, dynamic=False)
     runner.slot, runner.input_names, runner.output_names = get_family("unet3d").slot("unet"), [SAMPLE, TIMESTEP, KV], [NOISE_PRED]
     values = {"channels": 4, "latent_frames": 2, "latent_height": 4, "latent_width": 4, "seq": 3, "kv_width": 8}
@@ -116,3 +117,20 @@ def test_torch_runner_compiles_each_batch_size_at_warm_up_and_pads_the_others() 
         assert output.shape[0] == size
         torch.testing.assert_close(output, Toy()(*(inputs[name] for name in runner.input_names)))
     assert counter.frame_count == 4
+
+
+def test_export_records_the_rows_one_request_sends_to_each_denoiser(repository, geometry) -> None:
+    """source.json's request_batch: 1 for an entry whose track defaults to no guidance (the distilled student's
+    batch-1 calls), 2 (the CFG pair) for the others; the torch runner compiles the batch sizes built from it."""
+    import json
+
+    from t2vserve.runners import SOURCE_FILE
+
+    seen = {}
+    for track, entries in geometry.tracks.items():
+        guidance_free = geometry.defaults(precision=track)["GUIDANCE_SCALE"] <= 1.0
+        for entry in entries:
+            source = json.loads((repository / entry / "1" / SOURCE_FILE).read_text())
+            assert source["request_batch"] == (1 if guidance_free else 2), (track, entry)
+            seen[entry] = source["request_batch"]
+    assert 2 in seen.values()

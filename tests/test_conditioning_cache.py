@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+import shutil
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from t2vserve.client import GenerationRequest
-from t2vserve.conditioning_cache import BUDGET_METRIC, METRICS, ConditioningCache
+from t2vserve.client import GenerationRequest, T2VClient
+from t2vserve.conditioning_cache import BUDGET_METRIC, METRICS, RESPONSE_METRICS, ConditioningCache
 from t2vserve.demo import stage_times
-from t2vserve.spec import CONDITIONING_CACHE_BYTES, INPUT_IDS, KV, TEXT_EMBEDS
+from t2vserve.server import EmbeddedTritonServer
+from t2vserve.spec import CONDITIONING_CACHE_BYTES, INPUT_IDS, KV, SCHEDULER_INSTANCES, TEXT_EMBEDS
 
 
 def _cache(max_bytes: int) -> ConditioningCache[bytes]:
@@ -107,3 +110,67 @@ def test_a_texts_kv_does_not_depend_on_its_batch_partner(server, geometry) -> No
             return client.infer("kv_projector", [text]).as_numpy(KV)
 
     np.testing.assert_array_equal(kv([negative, prompt])[1], kv([prompt, prompt])[0])
+
+
+def _scrape_responses(server) -> dict[str, float]:
+    """The scheduler instances' response-cache metrics, summed over instances."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for field, (name, _, _) in RESPONSE_METRICS.items():
+        samples = re.findall(rf"^{name}{{[^}}]*instance=[^}}]*}} (\S+)$", text, re.M)
+        assert samples, f"{name} (label instance) is not on {server.metrics_url}"
+        values[field] = sum(float(v) for v in samples)
+    return values
+
+
+@pytest.fixture(scope="module")
+def response_cache_server(repository, tmp_path_factory):
+    """A copy of the repository whose scheduler keeps a response cache (off by default), on its own server."""
+    root = tmp_path_factory.mktemp("response-cache")
+    copy = Path(shutil.copytree(repository, root / "model_repository", symlinks=True))
+    config = copy / "scheduler" / "config.pbtxt"
+    text = config.read_text()
+    assert 'key: "response_cache_bytes" value: { string_value: "0" }' in text
+    config.write_text(text.replace('key: "response_cache_bytes" value: { string_value: "0" }', 'key: "response_cache_bytes" value: { string_value: "16777216" }'))
+    with EmbeddedTritonServer(copy, log_path=root / "tritonserver.log") as srv:
+        yield srv
+
+
+def test_identical_request_with_a_seed_is_answered_without_denoising(response_cache_server, geometry) -> None:
+    """The response cache (turned on): repeats of a request with an explicit SEED return the same clip, and once an
+    instance holds it, without a denoiser call (at most one miss per scheduler instance); requests without a
+    SEED always denoise (a new seed each)."""
+    server = response_cache_server
+    with T2VClient(server.grpc_url) as grpc_client:
+        denoiser = geometry.tracks[geometry.default_precision][0]
+        request = GenerationRequest("a red circle sliding to the right", seed=41, steps=2, num_frames=2)
+        repeats = SCHEDULER_INSTANCES + 1
+        before, metrics = stage_times(server.grpc_url), _scrape_responses(server)
+        clips = [grpc_client.generate(request) for _ in range(repeats)]
+        after, metrics_after = stage_times(server.grpc_url), _scrape_responses(server)
+        for clip in clips[1:]:
+            np.testing.assert_array_equal(clip.video, clips[0].video)
+        hits, misses = metrics_after["hits"] - metrics["hits"], metrics_after["misses"] - metrics["misses"]
+        assert hits + misses == repeats and 1 <= misses <= SCHEDULER_INSTANCES and hits >= 1
+        denoised = after[denoiser][0] - before[denoiser][0]
+        assert denoised == misses * request.steps, "a cache hit ran denoising steps"
+        assert metrics_after["entries"] >= 1 and metrics_after["bytes"] > 0
+        unseeded = GenerationRequest(request.prompt, steps=2, num_frames=2)
+        first, second = grpc_client.generate(unseeded), grpc_client.generate(unseeded)
+        final, metrics_final = stage_times(server.grpc_url), _scrape_responses(server)
+        assert final[denoiser][0] - after[denoiser][0] == 2 * unseeded.steps
+        assert (metrics_final["hits"], metrics_final["misses"]) == (metrics_after["hits"], metrics_after["misses"])
+        assert first.seed != second.seed and not np.array_equal(first.video, second.video)
+        assert metrics_final["entries"] <= SCHEDULER_INSTANCES
+
+
+def test_response_cache_is_off_by_default(server, grpc_client, geometry) -> None:
+    """The shipped configuration: a repeated seeded request is denoised again (load tests measure real work)."""
+    denoiser = geometry.tracks[geometry.default_precision][0]
+    request = GenerationRequest("a blue square growing", seed=43, steps=2, num_frames=2)
+    grpc_client.generate(request)
+    before = stage_times(server.grpc_url)
+    grpc_client.generate(request)
+    assert stage_times(server.grpc_url)[denoiser][0] - before[denoiser][0] == request.steps
+    assert sum(_scrape_responses(server)[field] for field in ("hits", "entries")) == 0

@@ -29,3 +29,25 @@ def test_prompt_over_the_token_limit_is_refused(components, geometry) -> None:
         tokenize_pair(components.tokenizer, words, "", geometry.text_max_length)
     ids = tokenize_pair(components.tokenizer, "a cat", "blurry", geometry.text_max_length)
     assert ids.shape == (2, geometry.text_max_length) and ids.dtype == np.int64
+
+
+def test_response_key_only_for_an_explicit_seed_and_from_what_the_latents_depend_on(geometry) -> None:
+    """RESPONSE_KEY: empty when the server draws the seed; equal for requests whose latents are equal (FPS and
+    TIME_LIMIT_S do not change them); different when the prompt, the seed, the steps or the track differ."""
+
+    def key(**inputs) -> str:
+        raw = {"PROMPT": np.array([b"a red circle"], dtype=object), **{k: np.array([v]) for k, v in inputs.items()}}
+        return resolve(raw, geometry).response_key()
+
+    assert key() == "" and key(STEPS=np.int32(3)) == ""  # the server's seed: a new clip is asked for
+    base = key(SEED=np.int64(7))
+    assert len(base) == 64 and base == key(SEED=np.int64(7))
+    assert base == key(SEED=np.int64(7), FPS=np.int32(4), TIME_LIMIT_S=np.float32(30))
+    others = [key(SEED=np.int64(8)), key(SEED=np.int64(7), STEPS=np.int32(3)), key(SEED=np.int64(7), GUIDANCE_SCALE=np.float32(1.5)),
+              key(SEED=np.int64(7), NEGATIVE_PROMPT=np.array([b"blur"], dtype=object))]
+    other_track = next((t for t in geometry.tracks if t != geometry.default_precision), None)
+    if other_track is not None:
+        others.append(key(SEED=np.int64(7), PRECISION=np.array([other_track.encode()], dtype=object)))
+    assert base not in others and len(set(others)) == len(others)
+    raw = {"PROMPT": np.array([b"a blue square"], dtype=object), "SEED": np.array([np.int64(7)])}
+    assert resolve(raw, geometry).response_key() != base

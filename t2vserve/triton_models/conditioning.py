@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from ..conditioning_cache import BUDGET_METRIC, METRICS, CacheStats, ConditioningCache
+from ..conditioning_cache import BUDGET_METRIC, METRICS, ConditioningCache
 from ..spec import CFG_BATCH, CONDITIONING_CACHE_BYTES, INPUT_IDS, KV, PINNED_TEXTS_FILE, TEXT_EMBEDS
+from .cache_metrics import CacheMetrics
 from .common import config_parameter, error_response, from_torch, infer, model_config, to_torch, version_dir
 
 
@@ -43,32 +44,6 @@ def pinned_keys(path: Path) -> set[bytes]:
     return {np.asarray(ids, dtype=np.int64).tobytes() for ids in json.loads(path.read_text()).values()}
 
 
-class CacheMetrics:
-    """The cache's ``CacheStats`` as Triton custom metrics (counters advance by what changed since the last publish)."""
-
-    def __init__(self, labels: dict[str, str], budget: int) -> None:
-        kinds = {"counter": pb_utils.MetricFamily.COUNTER, "gauge": pb_utils.MetricFamily.GAUGE}
-        # the families must outlive their metrics: keep both
-        self.families = {
-            field: pb_utils.MetricFamily(name=name, description=text, kind=kinds[kind]) for field, (name, kind, text) in METRICS.items()
-        }
-        self.metrics = {field: family.Metric(labels=labels) for field, family in self.families.items()}
-        name, _, text = BUDGET_METRIC
-        self.budget_family = pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
-        self.budget = self.budget_family.Metric(labels=labels)
-        self.budget.set(budget)
-        self.published = CacheStats()
-
-    def publish(self, stats: CacheStats) -> None:
-        for field, (_, kind, _) in METRICS.items():
-            value = getattr(stats, field)
-            if kind == "gauge":
-                self.metrics[field].set(value)
-            elif value > getattr(self.published, field):
-                self.metrics[field].increment(value - getattr(self.published, field))
-        self.published = CacheStats(**vars(stats))
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = model_config(args)
@@ -77,7 +52,7 @@ class TritonPythonModel:
         self.pinned = pinned_keys(version_dir(args) / PINNED_TEXTS_FILE)
         self.text_encoder = config_parameter(config, "text_encoder", "text_encoder")
         self.kv_projector = config_parameter(config, "kv_projector", "kv_projector")
-        self.metrics = CacheMetrics({"model": args["model_name"], "version": args["model_version"]}, budget)
+        self.metrics = CacheMetrics({"model": args["model_name"], "version": args["model_version"]}, budget, METRICS, BUDGET_METRIC)
 
     def execute(self, requests: list) -> list:
         responses = [self._one(request) for request in requests]

@@ -1,6 +1,7 @@
 """``preprocess``: validate and default the request parameters, filter the prompt, tokenize prompt and negative prompt.
 
-It also starts the request's clock: DEADLINE is its arrival time plus TIME_LIMIT_S (default and
+It also writes RESPONSE_KEY (the response cache's key of a request with an explicit SEED, empty otherwise)
+and starts the request's clock: DEADLINE is its arrival time plus TIME_LIMIT_S (default and
 maximum: the config parameter ``max_time_limit_s``), checked by the denoising loop at every step.
 Config parameters: ``safety_filter`` (the prompt filter's file, ``t2vserve.safety.find_filter_file``),
 ``safety_filter_enabled`` (``false``: no filter, for research deployments) and ``tracks`` (the
@@ -17,7 +18,18 @@ import triton_python_backend_utils as pb_utils
 from ..families import get_family
 from ..params import resolve, tokenize_pair
 from ..safety import configured_filter
-from ..spec import DEADLINE, GEOMETRY_FILE, INPUT_IDS, MAX_TIME_LIMIT_S, NUMPY_DTYPES, PARAMETERS, RESOLVED_PARAMETERS, SAFETY_FILTER_FILE, ModelGeometry
+from ..spec import (
+    DEADLINE,
+    GEOMETRY_FILE,
+    INPUT_IDS,
+    MAX_TIME_LIMIT_S,
+    NUMPY_DTYPES,
+    PARAMETERS,
+    RESOLVED_PARAMETERS,
+    RESPONSE_KEY,
+    SAFETY_FILTER_FILE,
+    ModelGeometry,
+)
 from .common import config_parameter, error_response, model_config, optional_input, version_dir
 
 
@@ -48,7 +60,11 @@ class TritonPythonModel:
             if self.prompt_filter is not None:
                 self.prompt_filter.check(resolved.prompt)
             ids = tokenize_pair(self.tokenizer, resolved.prompt, resolved.negative_prompt, self.geometry.text_max_length, self.clean)
-            outputs = [pb_utils.Tensor(INPUT_IDS, ids), pb_utils.Tensor(DEADLINE, np.array([arrival + resolved.time_limit_s]))]
+            outputs = [
+                pb_utils.Tensor(INPUT_IDS, ids),
+                pb_utils.Tensor(DEADLINE, np.array([arrival + resolved.time_limit_s])),
+                pb_utils.Tensor(RESPONSE_KEY, np.array([resolved.response_key().encode("utf-8")], dtype=np.object_)),
+            ]
             for name, value in resolved.resolved().items():
                 value = value.encode("utf-8") if isinstance(value, str) else value
                 outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_DTYPES[RESOLVED_PARAMETERS[name]])))
