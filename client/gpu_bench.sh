@@ -3,12 +3,16 @@
 #   bash client/gpu_bench.sh install   WHEEL_DIR   # (as often as needed) add wheels the machine lacks
 #   bash client/gpu_bench.sh inprocess [WHEEL_DIR] # diffusers eager vs runner modules, denoiser steps, VAE
 #   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
+#   bash client/gpu_bench.sh variants  [WHEEL_DIR] # make quality's tracks at full size, in-process (QUALITY=docs/quality.json
+#                                                  # joins the CPU report's fidelity columns): one table per family
+#   bash client/gpu_bench.sh prefill   [WHEEL_DIR] # torch.compile caches of the denoiser entries, all at once (SIZES=2: the
+#                                                  # CFG pair only), for a later part with the same T2V_COMPILE_CACHE_DIR
 # PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, HEIGHT and WIDTH, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
 # EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; PRECISION (e.g. fp16,fp8 for
 # modelscope, bf16,fp8 for wan22) times those tracks side by side, served and in-process, with the
 # kernels each ran (the first track is also the one of the other measurements); the model and repository are
-# kept in /tmp/t2v-bench-$PRESET so a second part on the same (warm) machine reuses them. TAG names the
+# kept in /tmp/t2v-bench-$PRESET (WORK overrides it) so a second part on the same (warm) machine reuses them. TAG names the
 # results (bench-$PRESET-$TAG-$part.json) so runs of one preset at other sizes or repeats keep their own.
 # T2V_TORCH_COMPILE=none serves the torch runner eagerly (t2vserve/settings.py; no compile at start).
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
@@ -41,7 +45,7 @@ site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 [ "$part" = install ] && { python3 -c 'import numpy, sys; print("numpy", numpy.__version__); import grpc' || true; exit 0; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 # an earlier run's tritonserver may still be shutting down (its stubs hold GPU memory): wait up to 2 minutes
-for _ in $(seq 60); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 2; done
+[ "$part" = served ] && for _ in $(seq 60); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 2; done
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
 T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); import diffusers, transformers, av, t2vserve.families'
@@ -51,5 +55,5 @@ extra=()
 if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
-  ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "/tmp/t2v-bench-$preset" \
+  ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "${WORK:-/tmp/t2v-bench-$preset}" ${SIZES:+--sizes "$SIZES"} ${QUALITY:+--quality "$QUALITY"} \
   --repeats "${REPEATS:-2}" --per-client 2 ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset${TAG:+-$TAG}-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset${TAG:+-$TAG}-$part.log"

@@ -107,6 +107,7 @@ def export_model(
     onnx: bool = True,
     only: list[str] | None = None,
     calibration_method: str | None = None,
+    warmup_size: tuple[int, int, int] | None = None,
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
@@ -115,6 +116,7 @@ def export_model(
     overrides its method), calibrated on the first ``calibration_prompts`` prompts (all: None). ``onnx=False`` writes only configs and metadata:
     enough for the torch runner, which loads the diffusers directory itself (``source.json``).
     ``only``: export just these slots' ONNX (full-size checks one graph at a time on a small disk).
+    ``warmup_size``: (height, width, frames) the torch runner warms up at before READY (default: the preset's).
     """
     family = family_of(preset)
     start = time.perf_counter()
@@ -124,8 +126,7 @@ def export_model(
     write_repository(repository, family.name, geometry.experts, family.present_components(geometry))  # configs and model.py files
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
     slots = family.slots_of(geometry)
-    # the preset's most frequent shape (TensorRT's "opt"): what a runner warms up before it is READY
-    warmup_values = {**{axis: extent.opt for axis, extent in family.extents(geometry).items()}, **family.constants(geometry)}
+    warmup_values = family.warmup_values(geometry, *(warmup_size or ()))  # what a runner warms up before it is READY
     for slot in slots:
         source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts,
                   "warmup_values": warmup_values, "vocab_size": geometry.vocab_size, "request_batch": request_batch(geometry, slot.name)}

@@ -134,3 +134,18 @@ def test_export_records_the_rows_one_request_sends_to_each_denoiser(repository, 
             assert source["request_batch"] == (1 if guidance_free else 2), (track, entry)
             seen[entry] = source["request_batch"]
     assert 2 in seen.values()
+
+
+def test_runners_warm_up_at_the_preset_shape_or_the_size_given(geometry) -> None:
+    """source.json's warm-up values: the preset's most frequent shape (TensorRT's opt) by default; a deployment or a
+    benchmark serving another size (``export_model(warmup_size=...)``) gets that size, in pixels and latents."""
+    from t2vserve.families import get_family
+
+    family = get_family(geometry.family)
+    preset, s = geometry.presets, geometry.vae_scale_factor
+    default = family.warmup_values(geometry)
+    assert default == {**{axis: e.opt for axis, e in family.extents(geometry).items()}, **family.constants(geometry)}
+    assert (default["height"], default["width"], default["frames"]) == (preset.height, preset.width, preset.num_frames)
+    other = family.warmup_values(geometry, 2 * s * 4, 3 * s * 4, 4)
+    assert (other["latent_height"], other["latent_width"], other["latent_frames"]) == (8, 12, geometry.latent_frames(4))
+    assert other["batch"] == default["batch"] and other["kv_width"] == default["kv_width"]

@@ -73,3 +73,34 @@ def test_gate_fails_the_command_only_for_default_tracks() -> None:
 
 def test_identical_clips_enter_the_mean_psnr_at_a_ceiling() -> None:
     assert mean_psnr_db([float("inf"), 40.0]) == pytest.approx((IDENTICAL_PSNR_DB + 40.0) / 2)
+
+
+def test_gpu_speed_rows_follow_the_quality_variants() -> None:
+    """``bench.py variants``: a variant's request takes its track's own defaults (a student's steps and guidance), explicit
+    overrides win, and the table joins the CPU report's fidelity to the speed rows by variant name."""
+    from dataclasses import replace
+
+    from t2vserve.bench.common import bench_request
+    from t2vserve.bench.variants import attach_quality, variant_request, variants_table
+
+    geometry = replace(_geometry("unet3d"), track_defaults={"fp8": {"STEPS": 4, "GUIDANCE_SCALE": 1.0}})
+    base = bench_request(geometry, 20, None)
+    student = variant_request(geometry, Variant("s", {"precision": "fp8"}), base)
+    assert (student.precision, student.steps, student.guidance_scale, student.step_cache) == ("fp8", 4, 1.0, 0.0)
+    cached = variant_request(geometry, Variant("c", {"precision": "fp16", "step_cache": 0.2, "steps": 12}), base)
+    assert (cached.steps, cached.guidance_scale, cached.step_cache) == (12, base.guidance_scale, 0.2)
+
+    timed = {"clip_s": 2.0, "speedup": 1.5, "kernels": {"unet": "torch bf16"}, "weight_bytes": 2_800_000_000, "steps": 20,
+             "denoiser_calls_per_clip": 14, "denoiser_batch": 2, "ms_per_call": 140.0, "overrides": {"precision": "fp16"}, "default": False}
+    results = {"family": "unet3d", "reference": "fp16", "variants": {
+        "fp16": {**timed, "speedup": 1.0}, "fast": timed, "int8": {"refused": "PRECISION: no INT8 kernels", "overrides": {}, "default": True}}}
+    summary = {"fast": _summary(25.0, default=False), "int8": _summary(40.0, default=True)}
+    quality = {"family": "unet3d", "repository": "r", "gate": {"min_mean_psnr_db": 30.0, "min_mean_ssim": 0.95, "max_adherence_drop_points": 2.0},
+               "summary": summary, "tracks": {"fp16": _summary(0.0, False), **summary}}
+    attach_quality(results, quality)
+    rows = {line.split(" | ")[0][2:]: line for line in variants_table(results) if line.startswith("| ") and "---" not in line}
+    assert "| 2.80 GB | 14 of 20 (batch 2) | 140.0 | 2.00 | 1.50x | 25.00 |" in rows["fast"] and "fail: fast: mean PSNR" in rows["fast"]
+    assert "refused: PRECISION: no INT8 kernels" in rows["int8"] and rows["int8"].endswith("| 40.00 | 0.9900 | 50% / 50% | pass |")
+    assert "| reference |" in rows["fp16"]
+    with pytest.raises(ValueError, match="wan22 report"):
+        attach_quality(results, {**quality, "family": "wan22"})

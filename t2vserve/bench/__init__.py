@@ -3,6 +3,8 @@
     make bench                                                     # CPU: tiny unet3d, ONNX Runtime runner
     python client/bench.py inprocess --device cuda --preset modelscope    # GPU (device tool)
     python client/bench.py served --device cuda --preset wan22-480p       # GPU (device tool)
+    python client/bench.py variants --device cuda --preset modelscope --quality docs/quality.json  # make quality's tracks, timed
+    python client/bench.py prefill --device cuda --preset modelscope --sizes 2   # compile caches first, every entry at once
 
 Every family runs through the same code: the model's slots (``families/``), its diffusers pipeline
 as reference (``DiffusionPipeline.from_pretrained`` of the same directory) and the repository's
@@ -28,10 +30,13 @@ from .common import RunnerPipeline, bench_request, load_geometry, timed
 from .inprocess import run_inprocess, step_cache_clips
 from .report import markdown
 from .served import run_served
+from .variants import run_variants
 
 
-def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int) -> tuple[Path, Path]:
-    """(model dir, repository) for ``preset``: the tiny model of a tiny preset, else full size with random weights."""
+def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int,
+                       size: tuple[int, int, int] | None = None) -> tuple[Path, Path]:
+    """(model dir, repository) for ``preset``: the tiny model of a tiny preset, else full size with random weights;
+    the runners warm up at ``size`` (height, width, frames; default the preset's), the size the benchmark requests."""
     family = family_of(preset)
     if preset == family.tiny_preset:
         model_dir = ensure_tiny_model(family.name, work / "tiny", experts=experts) if experts > 1 else ensure_tiny_model(family.name)
@@ -41,8 +46,17 @@ def prepare_repository(preset: str, device: str, work: Path, runner: str, expert
         dtype = family.reference_dtype if device == "cuda" else torch.float32
         model_dir = family.build_full_size_model(work / preset, preset, dtype, device, experts=experts)
     repository = work / "model_repository"
-    export_model(model_dir, repository, preset, check=False, calibration_prompts=1, onnx=(runner == "onnxruntime"))
+    export_model(model_dir, repository, preset, check=False, calibration_prompts=1, onnx=(runner == "onnxruntime"), warmup_size=size)
     return model_dir, repository
+
+
+def prefill(repository: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Fill the compile cache for the denoiser entries of ``--precisions`` (default every track) in parallel processes."""
+    from ..compile_cache import fill
+
+    geometry = load_geometry(repository)
+    entries = sorted({e for track in (args.precisions or list(geometry.tracks)) for e in geometry.tracks[track]})
+    return fill(repository, entries, args.runner, tuple(int(s) for s in args.sizes.split(",") if s), repository.parent)
 
 
 def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
@@ -61,7 +75,7 @@ def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="t2vserve benchmarks")
-    parser.add_argument("part", choices=("cpu", "inprocess", "served", "all", "report"))
+    parser.add_argument("part", choices=("cpu", "inprocess", "served", "all", "report", "variants", "prefill"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--experts", type=int, choices=(1, 2), default=1, help="denoiser experts (wan22: 2 = the A14B layout)")
@@ -83,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench.json")
     parser.add_argument("--work", type=Path, default=None, help="keep the model and repository here (default: a temporary directory)")
     parser.add_argument("--tracks-only", action="store_true", help="inprocess: only the --precisions tracks' denoiser steps")
+    parser.add_argument("--sizes", default="", help="prefill: batch sizes to compile (e.g. 2: one CFG pair; default each entry's own)")
+    parser.add_argument("--quality", type=Path, default=None,
+                        help="variants: the CPU quality report (docs/quality.json) whose fidelity columns join the speed rows")
     parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="report: JSON files to merge")
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -97,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": " ".join(["python client/bench.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory(prefix="t2v-bench-") as tmp:
         work = args.work or Path(tmp)
-        model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts)
+        preset = PRESETS[args.preset]
+        size = (args.height or preset.height, args.width or preset.width, args.frames or preset.num_frames)
+        model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts, size)
         if args.part in ("inprocess", "all"):
             results["inprocess"] = run_inprocess(args, model_dir, repository)
             args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -107,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             results["served"] = run_served(args, repository)
         if args.part == "cpu":
             results["cpu"] = run_cpu(args, repository)
+        if args.part == "variants":
+            results["variants"] = run_variants(args, repository)
+        if args.part == "prefill":  # compile caches for a later part (T2V_COMPILE_CACHE_DIR): every entry at once
+            results["prefill"] = prefill(repository, args)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(markdown(results))
     print(f"wrote {args.out}")

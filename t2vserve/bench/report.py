@@ -1,10 +1,11 @@
-"""Markdown tables from the benchmark JSON (whatever parts are present: cpu, inprocess, served)."""
+"""Markdown tables from the benchmark JSON (whatever parts are present: cpu, inprocess, served, variants)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .tracks import tracks_table
+from .variants import variants_table
 
 
 def _ms(seconds: float) -> str:
@@ -97,4 +98,6 @@ def markdown(results: dict[str, Any]) -> str:
         base = inprocess or served
         lines += served_table(served, base.get("inprocess_clip_s"), base.get("diffusers_clip_s"))
         lines += tracks_table(served["tracks"], served=True) if served.get("tracks") else []
+    if results.get("variants"):
+        lines += variants_table(results["variants"])
     return "\n".join(lines) + "\n"

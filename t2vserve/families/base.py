@@ -330,15 +330,21 @@ class Family:
         factor = max(geometry.vae_temporal_factor, 1)
         frames = (min(preset.num_frames, 4) if factor == 1 else factor + 1) + grow * factor
         step = geometry.pixel_multiple
-        height, width = preset.height + grow * step, preset.width + grow * step
-        s = geometry.vae_scale_factor
-        values = {
-            "batch": CFG_BATCH + grow,
-            "frames": frames,
-            "latent_frames": geometry.latent_frames(frames),
-            "height": height,
-            "width": width,
-            "latent_height": height // s,
-            "latent_width": width // s,
-        }
+        values = {"batch": CFG_BATCH + grow, **self.size_values(geometry, preset.height + grow * step, preset.width + grow * step, frames)}
         return {**values, **self.constants(geometry)}
+
+    def warmup_values(self, geometry: ModelGeometry, height: int | None = None, width: int | None = None,
+                      frames: int | None = None) -> dict[str, int]:
+        """Axis values a runner warms up at before READY: the preset's most frequent shape (TensorRT's "opt"), or
+        the size given (a deployment, or a benchmark, that serves another size most)."""
+        preset: Preset = geometry.presets
+        values = {axis: extent.opt for axis, extent in self.extents(geometry).items()}
+        values.update(self.size_values(geometry, height or preset.height, width or preset.width, frames or preset.num_frames))
+        return {**values, **self.constants(geometry)}
+
+    @staticmethod
+    def size_values(geometry: ModelGeometry, height: int, width: int, frames: int) -> dict[str, int]:
+        """The size axes of a clip of ``height`` x ``width`` x ``frames``, in pixels and in latents."""
+        s = geometry.vae_scale_factor
+        return {"frames": frames, "latent_frames": geometry.latent_frames(frames), "height": height, "width": width,
+                "latent_height": height // s, "latent_width": width // s}
