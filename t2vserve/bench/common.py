@@ -29,13 +29,30 @@ def load_geometry(repository: Path) -> ModelGeometry:
     return ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)
 
 
+def _model_config_pb2() -> Any:
+    """Triton's ModelConfig protobuf module (tritonclient's); read from its file where grpcio, which the package
+    ``tritonclient.grpc`` imports first, is not installed (a bare GPU machine compiling caches in-process)."""
+    import importlib.util
+
+    try:
+        from tritonclient.grpc import model_config_pb2
+
+        return model_config_pb2
+    except RuntimeError:  # "The installation does not include grpc support"
+        package = importlib.util.find_spec("tritonclient")
+        path = Path(next(iter(package.submodule_search_locations))) / "grpc" / "model_config_pb2.py"  # type: ignore[union-attr]
+        spec = importlib.util.spec_from_file_location("t2vserve_model_config_pb2", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+
+
 def runner_config(repository: Path, entry: str, runner: str) -> dict[str, Any]:
     """The model config Triton hands a Python-backend model (JSON of ``configs/<runner>.pbtxt``)."""
     from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
 
     path = repository / entry / "configs" / f"{runner}.pbtxt"
-    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(path.read_text(), _model_config_pb2().ModelConfig())
     return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
