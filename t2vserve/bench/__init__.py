@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from ..export import ensure_tiny_model, export_model, quiet_libraries
 from ..families import family_of
 from ..server import REPO_ROOT
+from ..settings import compile_cache_environment
 from ..spec import PRESETS
 from .common import RunnerPipeline, bench_request, load_geometry, timed
 from .inprocess import run_inprocess, step_cache_clips
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="report: JSON files to merge")
     args = parser.parse_args(argv)
     quiet_libraries()
+    os.environ.update(compile_cache_environment())  # in-process parts share the cache of prefill and of the server
     args.runner = args.runner or ("torch" if args.device == "cuda" else "onnxruntime")
     if args.part == "report":
         merged: dict[str, Any] = {}
