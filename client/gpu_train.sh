@@ -10,6 +10,7 @@ wheels=$1; shift
 families=("${@:-unet3d}")
 out=${OUT:-outputs}
 for w in "$wheels"/*.whl; do
+  [ -e "$w" ] || continue  # an empty WHEEL_DIR: the wheels are installed already (client/gpu_bench.sh install)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$w"
 done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

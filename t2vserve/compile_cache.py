@@ -1,9 +1,9 @@
-"""Fill torch.compile's on-disk cache for a repository's torch-runner entries, one process per entry, in parallel.
+"""Fill torch.compile's on-disk cache for a repository's torch-runner entries: one process per entry and batch size, all at once.
 
 A torch-runner entry compiles one graph per batch size before it is READY (``TorchRunner.warm_up``): about
 2.5 minutes per size for the ModelScope UNet on an H200, one size after another, one entry after another.
-Compiling is mostly CPU work, so entries compiled side by side in their own processes fill the cache in the
-time of the slowest; a server (or a benchmark) started afterwards with the same ``T2V_COMPILE_CACHE_DIR``
+Compiling is mostly CPU work, so graphs compiled side by side in their own processes fill the cache in the
+time of the slowest (GPU memory permitting: each process holds the module and runs one batch); a server (or a benchmark) started afterwards with the same ``T2V_COMPILE_CACHE_DIR``
 loads the kernels (about 25 s a size) instead of compiling them:
 
     T2V_COMPILE_CACHE_DIR=/var/cache/t2v python -m t2vserve.compile_cache model_repository --entries unet,unet_fp8
@@ -45,23 +45,38 @@ def warm_entry(repository: Path, entry: str, runner: str = "torch", sizes: tuple
     return {"entry": entry, "kernels": model.kernels, "load_s": loaded, "warm_up_s": seconds}
 
 
+def entry_sizes(repository: Path, entry: str, runner: str = "torch") -> tuple[int, ...]:
+    """The batch sizes the server warms ``entry`` up at (its config's ``compiled_batch_sizes``, else the runner's
+    default for its max batch size and one request's rows); () for an entry without batching."""
+    from .bench.common import runner_config
+    from .runners import SOURCE_FILE, compiled_batch_sizes
+
+    config = runner_config(repository, entry, runner)
+    listed = config.get("parameters", {}).get("compiled_batch_sizes", {}).get("string_value", "")
+    if listed:
+        return tuple(sorted(int(s) for s in listed.split(",") if s))
+    source = json.loads((repository / entry / "1" / SOURCE_FILE).read_text())
+    return compiled_batch_sizes(int(config.get("max_batch_size", 0)), int(source.get("request_batch", 2)))
+
+
 def fill(repository: Path, entries: list[str], runner: str = "torch", sizes: tuple[int, ...] = (), log_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Warm every entry in its own process at once; each process's JSON result (or its exit status and log tail)."""
+    """Warm every (entry, batch size) in its own process at once (``sizes``: these only; default each entry's own);
+    each process's JSON result, or its exit status and log tail."""
     env = {**os.environ, **compile_cache_environment(), "PYTHONUNBUFFERED": "1"}
     log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+    jobs = [(entry, size) for entry in entries for size in (sizes or entry_sizes(repository, entry, runner) or (0,))]
     procs = []
-    for entry in entries:
+    for entry, size in jobs:
         command = [sys.executable, "-m", "t2vserve.compile_cache", str(repository), "--entries", entry, "--runner", runner, "--in-process"]
-        if sizes:
-            command += ["--sizes", ",".join(map(str, sizes))]
-        out = open(log_dir / f"compile-cache-{entry}.log", "w")
-        procs.append((entry, subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out))
-        log.info("warming %s (pid %d)", entry, procs[-1][1].pid)
+        command += ["--sizes", str(size)] if size else []
+        path = log_dir / f"compile-cache-{entry}-b{size}.log"
+        with open(path, "w") as out:
+            procs.append((entry, path, subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)))
+        log.info("warming %s at batch %s (pid %d)", entry, size or "-", procs[-1][2].pid)
     results = []
-    for entry, proc, out in procs:
+    for entry, path, proc in procs:
         code = proc.wait()
-        out.close()
-        text = (log_dir / f"compile-cache-{entry}.log").read_text(errors="replace")
+        text = path.read_text(errors="replace")
         line = next((line for line in reversed(text.splitlines()) if line.startswith("{")), None)
         results.append(json.loads(line) if code == 0 and line else {"entry": entry, "exit": code, "log_tail": text[-2000:]})
         log.info("%s: %s", entry, results[-1])

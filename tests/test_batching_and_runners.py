@@ -149,3 +149,16 @@ def test_runners_warm_up_at_the_preset_shape_or_the_size_given(geometry) -> None
     other = family.warmup_values(geometry, 2 * s * 4, 3 * s * 4, 4)
     assert (other["latent_height"], other["latent_width"], other["latent_frames"]) == (8, 12, geometry.latent_frames(4))
     assert other["batch"] == default["batch"] and other["kv_width"] == default["kv_width"]
+
+
+def test_compile_cache_warms_each_entry_at_each_batch_size_the_server_does(repository, tmp_path) -> None:
+    """``python -m t2vserve.compile_cache``: one process per (entry, batch size) the server warms up (the denoisers'
+    compiled sizes; one for an unbatched entry), each building the entry's runner from its config as Triton does."""
+    from t2vserve.compile_cache import entry_sizes, fill
+    from t2vserve.runners import compiled_batch_sizes
+    from t2vserve.spec import DENOISER_MAX_BATCH
+
+    assert entry_sizes(repository, "unet") == compiled_batch_sizes(DENOISER_MAX_BATCH) and entry_sizes(repository, "vae_decoder") == ()
+    (result,) = fill(repository, ["vae_decoder"], log_dir=tmp_path)
+    assert result["entry"] == "vae_decoder" and result["kernels"].startswith("torch") and "exit" not in result
+    assert [p.name for p in tmp_path.iterdir()] == ["compile-cache-vae_decoder-b0.log"]
