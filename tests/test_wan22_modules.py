@@ -336,7 +336,8 @@ def test_unsupported_ops_flags_rms_normalization_and_custom_domains() -> None:
 
 def test_export_forms_equal_the_transformer_and_rope(transformer) -> None:
     """exportable(): plain-ops RMS norms, a RoPE indexed by arange (no data-dependent slicing: the torch 2.11
-    torch.export blocker), a self-attention without in-place RoPE stores: the same output, to the bit."""
+    torch.export blocker), a self-attention without in-place RoPE stores: the same output, to float32 rounding (bit-equal
+    on the CI's CPU; 3.6e-7 on an output of magnitude 1.5 on another x86 CPU, whose kernels sum in another order)."""
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
     from t2vserve.families.wan22_export import IndexedRotaryPosEmbed, PlainRMSNorm, PlainRopeAttnProcessor, exportable
@@ -351,7 +352,7 @@ def test_export_forms_equal_the_transformer_and_rope(transformer) -> None:
         sample, timestep, text = _inputs(*shape, seed=seed)
         kv = KVProjector(transformer)(text)
         with torch.no_grad():
-            assert torch.equal(stock(sample, timestep, kv), export(sample, timestep, kv)), shape
+            torch.testing.assert_close(export(sample, timestep, kv), stock(sample, timestep, kv), rtol=1e-6, atol=1e-6, msg=str(shape))
             for a, b in zip(transformer.rope(sample), export.transformer.rope(sample)):
                 assert torch.equal(a, b)
 
