@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import subprocess
 from typing import Sequence
@@ -69,3 +70,16 @@ def admin_key_refusal(command: Sequence[str]) -> str | None:
                     + ADMIN_KEY_HINT
                 )
     return None
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process sees (the driver API, as tritonserver counts them; honours CUDA_VISIBLE_DEVICES);
+    0 without a driver or a GPU."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value

@@ -20,7 +20,6 @@ from .samplers import make_sampler
 from .sampling import conditioning_rows, denoise, initial_latents
 from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
 from .step_cache import StepCache
-from .video import to_uint8_frames
 
 #: Runs one engine slot: (slot name, {input name: tensor}) -> {output name: tensor}.
 SlotCall = Callable[[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -68,8 +67,7 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(self, request: ResolvedRequest, observer: DenoiserObserver | None = None, step_cache: StepCache | None = None) -> np.ndarray:
-        frames = self._run(self.role(VAE_DECODER), self.latents(request, observer, step_cache))
-        return to_uint8_frames(frames.float().cpu().numpy())
+        return self._run(self.role(VAE_DECODER), self.latents(request, observer, step_cache)).cpu().numpy()  # uint8 frames
 
 
 class InProcessPipeline(Pipeline):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .families import get_family
+from .families.base import Uint8Frames
 from .spec import VAE_DECODER, ModelGeometry
 from .video import to_uint8_frames
 
@@ -117,7 +118,10 @@ def fit_preview(components: Any, geometry: ModelGeometry, count: int = FIT_CLIPS
     """Fit the projection of a model (components with weights): encode shapes clips, decode them, fit."""
     family = get_family(geometry.family)
     decoder_slot = next(slot for slot in family.slots_of(geometry) if slot.role == VAE_DECODER)
-    decoder = decoder_slot.module(components).eval()
+    module = decoder_slot.module(components)
+    if not isinstance(module, Uint8Frames):
+        raise TypeError(f"{geometry.family}'s {decoder_slot.name} module is a {type(module).__name__}, not Uint8Frames")
+    decoder = module.decoder.eval()  # the float frames before the slot's uint8 conversion
     latents = family.encode_clips(components, fit_clips(geometry, count))
     per_clip = [latents[i: i + 1] for i in range(len(latents))]
     return fit_projection(per_clip, [decoder(lat) for lat in per_clip], geometry)

@@ -7,12 +7,15 @@ on disk differ from what the declarations imply. An optional slot (``Slot.compon
 student ``unet_distilled``) gets an entry only in the repository of a model that has its component: the
 committed repository follows the shipped demo model (``demo_components``), an export the exported model.
 
-Engine slots carry three configs: ``config.pbtxt`` (Triton's TensorRT backend, the GPU host default),
-``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file) and ``configs/torch.pbtxt``
-(the torch runner), chosen at server start with ``--model-config-name`` without copying the repository.
-A slot whose track a runner has no kernels for (``runners.UNSERVED``: int8 under torch) gets an
-``unavailable`` runner config there, and ``preprocess`` gets a ``configs/<runner>.pbtxt`` whose
-``tracks`` parameter lists the tracks that runner serves (PRECISION is checked against it).
+Config sets (``server.MODEL_CONFIGS``), chosen at server start with ``--model-config-name`` without copying
+the repository: ``config.pbtxt`` (Triton's TensorRT backend in the engine slots, the GPU host default),
+``configs/onnxruntime.pbtxt`` (a Python-backend runner over the ONNX file), ``configs/torch.pbtxt`` (the
+torch runner on CUDA) and ``configs/torch-cpu.pbtxt`` (the same on the CPU). Every entry's config is rendered
+for every set; an entry gets ``configs/<set>.pbtxt`` where it differs from its ``config.pbtxt`` (Triton falls
+back to ``config.pbtxt`` elsewhere): the engine slots in every set; ``scheduler`` and ``t2v_stream``, KIND_GPU
+instances in the GPU sets and KIND_CPU in the others; ``preprocess`` where the runner does not serve every
+track (``runners.UNSERVED``: int8 under torch), its ``tracks`` parameter listing those it serves (PRECISION is
+checked against it), while such a slot gets an ``unavailable`` runner config.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Collection
 from .families import DEFAULT_FAMILY, get_family
 from .families.base import Slot, TensorSpec
 from .runners import unserved_reason
+from .server import MODEL_CONFIGS, ModelConfigSet
 from .spec import (
     CONDITIONING_CACHE_BYTES,
     CONDITIONING_MODEL,
@@ -40,6 +44,7 @@ from .spec import (
     MAX_TIME_LIMIT_S,
     MP4,
     PARAMETERS,
+    POSTPROCESS_INSTANCES,
     PREVIEW,
     REMAINING_S,
     RESOLVED_PARAMETERS,
@@ -53,6 +58,7 @@ from .spec import (
     STREAM_PARAMETERS,
     TEXT_ENCODER,
     TOTAL_STEPS,
+    VAE_DECODER,
     VIDEO,
 )
 
@@ -208,13 +214,70 @@ def stream_inputs() -> list[TensorDef]:
     return ensemble_inputs() + [TensorDef(p.name, p.triton_dtype, (1,), optional=True) for p in STREAM_PARAMETERS]
 
 
+#: Python entries that run a sampling loop: KIND_GPU instances in the GPU config sets (``t2vserve.placement``).
+LOOP_ENTRIES = ("scheduler", STREAM_MODEL)
+#: Instances of the Python entries (per GPU where KIND_GPU); one where not listed.
+INSTANCE_COUNTS = {"scheduler": SCHEDULER_INSTANCES, "postprocess": POSTPROCESS_INSTANCES}
+
+
 def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> dict[str, str]:
     """Relative path -> file content for every generated file of a repository serving ``family``; ``optional``:
     the optional components (``Slot.component``, e.g. a distilled student) the served model has."""
-    files: dict[str, str] = {}
     layout = get_family(family).layout(experts, optional)
+    files = {f"{name}/1/model.py": _model_py(module) for name, (module, *_) in _python_entries(layout).items()}
+    files.update({f"{slot.name}/1/model.py": _model_py("runner") for slot in layout})
+    files[f"{STREAM_MODEL}/1/model.py"] = _model_py("stream")
+    files["t2v/config.pbtxt"] = render_config("t2v", ensemble_inputs(), ENSEMBLE_OUTPUTS, platform="ensemble", extra=_ensemble_scheduling())
+    files["t2v/1/.gitkeep"] = ""
+    default = next(config for config in MODEL_CONFIGS if config.name is None)
+    defaults = render_configs(family, experts, optional, default)
+    files.update({f"{name}/config.pbtxt": text for name, text in defaults.items()})
+    for config in MODEL_CONFIGS:
+        if config.name is not None:  # Triton reads config.pbtxt where an entry has no configs/<name>.pbtxt
+            rendered = render_configs(family, experts, optional, config)
+            files.update({f"{name}/configs/{config.name}.pbtxt": text for name, text in rendered.items() if text != defaults[name]})
+    return files
+
+
+def render_configs(family: str, experts: int, optional: Collection[str], config: ModelConfigSet) -> dict[str, str]:
+    """Entry -> its config text in the config set ``config`` (every entry but the ensemble)."""
+    layout = get_family(family).layout(experts, optional)
+    every_track, served = (served_tracks(family, experts, runner, optional) for runner in (None, config.runner))
+    texts = {}
+    for name, (_, inputs, outputs, params) in _python_entries(layout).items():
+        if name == "preprocess" and served != every_track:  # PRECISION is validated against the tracks the runner serves
+            params = {**params, "tracks": ",".join(served)}
+        texts[name] = render_config(name, inputs, outputs, backend="python", parameters=params, instance_kind=_kind(name, config),
+                                    instance_count=INSTANCE_COUNTS.get(name, 1))
+    texts[STREAM_MODEL] = render_config(STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python",
+                                        instance_kind=_kind(STREAM_MODEL, config), extra=DECOUPLED)
+    for slot in layout:
+        inputs, outputs = slot_tensors(slot)
+        if config.runner == "tensorrt":
+            texts[slot.name] = render_config(slot.name, inputs, outputs, platform="tensorrt_plan", instance_kind="KIND_GPU",
+                                             max_batch_size=slot.max_batch)
+            continue
+        params = RUNNER_PARAMETERS[config.runner]
+        if "device" in params and not config.gpu:  # a CPU set keeps the runner on the CPU
+            params = {**params, "device": "cpu"}
+        if config.runner == "torch" and slot.max_batch:
+            params = {**params, **TORCH_DENOISER_PARAMETERS}
+        reason = unserved_reason(config.runner, slot)
+        if reason:  # no kernels for this track here: an entry that loads nothing and refuses requests
+            params = {"runner": "unavailable", "reason": reason}
+        texts[slot.name] = render_config(slot.name, inputs, outputs, backend="python", parameters=params, max_batch_size=slot.max_batch)
+    return texts
+
+
+def _kind(entry: str, config: ModelConfigSet) -> str:
+    return "KIND_GPU" if config.gpu and entry in LOOP_ENTRIES else "KIND_CPU"
+
+
+def _python_entries(layout: tuple[Slot, ...]) -> dict[str, tuple[str, list[TensorDef], list[TensorDef], dict[str, str]]]:
+    """Python entries of the ensemble: name -> (triton_models module, inputs, outputs, config parameters)."""
     slot_names = {slot.role: slot.name for slot in layout}
-    python_entries = {
+    (frames,) = next(slot_tensors(slot)[1] for slot in layout if slot.role == VAE_DECODER)  # the decoder slot's output
+    return {
         "preprocess": (
             "preprocess",
             ensemble_inputs(),
@@ -241,48 +304,11 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
         ),
         "postprocess": (
             "postprocess",
-            [TensorDef(FRAMES, "TYPE_FP32", (-1, 3, -1, -1)), TensorDef("FPS", "TYPE_INT32", (1,))],
+            [frames, TensorDef("FPS", "TYPE_INT32", (1,))],
             [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,))],
             {"output_check": "none"},
         ),
     }
-    for name, (module, inputs, outputs, params) in python_entries.items():
-        count = SCHEDULER_INSTANCES if name == "scheduler" else 1
-        files[f"{name}/config.pbtxt"] = render_config(
-            name, inputs, outputs, backend="python", parameters=params, instance_count=count
-        )
-        files[f"{name}/1/model.py"] = _model_py(module)
-    every_track = served_tracks(family, experts, None, optional)
-    for runner in RUNNER_PARAMETERS:  # PRECISION is validated against the tracks the runner serves
-        served = served_tracks(family, experts, runner, optional)
-        if served != every_track:
-            module, inputs, outputs, params = python_entries["preprocess"]
-            files[f"preprocess/configs/{runner}.pbtxt"] = render_config(
-                "preprocess", inputs, outputs, backend="python", parameters={**params, "tracks": ",".join(served)}
-            )
-    for slot in layout:
-        name, batch = slot.name, slot.max_batch
-        inputs, outputs = slot_tensors(slot)
-        files[f"{name}/config.pbtxt"] = render_config(
-            name, inputs, outputs, platform="tensorrt_plan", instance_kind="KIND_GPU", max_batch_size=batch
-        )
-        for runner, params in RUNNER_PARAMETERS.items():
-            if runner == "torch" and batch:
-                params = {**params, **TORCH_DENOISER_PARAMETERS}
-            reason = unserved_reason(runner, slot)
-            if reason:  # no kernels for this track here: an entry that loads nothing and refuses requests
-                params = {"runner": "unavailable", "reason": reason}
-            files[f"{name}/configs/{runner}.pbtxt"] = render_config(
-                name, inputs, outputs, backend="python", parameters=params, max_batch_size=batch
-            )
-        files[f"{name}/1/model.py"] = _model_py("runner")
-    files["t2v/config.pbtxt"] = render_config("t2v", ensemble_inputs(), ENSEMBLE_OUTPUTS, platform="ensemble", extra=_ensemble_scheduling())
-    files["t2v/1/.gitkeep"] = ""
-    files[f"{STREAM_MODEL}/config.pbtxt"] = render_config(
-        STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python", extra=DECOUPLED
-    )
-    files[f"{STREAM_MODEL}/1/model.py"] = _model_py("stream")
-    return files
 
 
 def _model_py(module: str) -> str:

@@ -87,7 +87,8 @@ class UnavailableRunner:
 
 
 class TorchRunner:
-    """The slot's torch module on one device; float inputs are cast in, outputs are returned as fp32.
+    """The slot's torch module on one device; float inputs are cast in, float outputs are returned as fp32 (the
+    decoder's uint8 frames as they are).
 
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
@@ -187,7 +188,8 @@ class TorchRunner:
                 log.warning("torch.compile failed (%s); running eagerly", exc)
                 self.forward = self.module
                 output = self.forward(*args)
-        return {self.output_names[0]: (output[:batch] if padded != batch else output).float()}
+        output = output[:batch] if padded != batch else output
+        return {self.output_names[0]: output.float() if output.is_floating_point() else output}
 
 
 def compiled_batch_sizes(max_batch: int, request_batch: int = CFG_BATCH) -> tuple[int, ...]:

@@ -32,14 +32,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from . import health
+from . import health, hostcheck
 from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, compile_cache_environment, server_host
 
 __all__ = ["DEFAULT_MODEL_REPOSITORY", "REPO_ROOT", "EmbeddedTritonServer", "free_port", "main", "serve"]
 
-#: Runner names accepted by ``--runner``: the ``configs/<name>.pbtxt`` Triton picks with
-#: ``--model-config-name``; ``tensorrt`` uses each entry's default ``config.pbtxt``.
-RUNNER_CONFIG_NAMES = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorrt": None}
+
+@dataclass(frozen=True)
+class ModelConfigSet:
+    """One set of the repository's configs, picked with tritonserver's ``--model-config-name`` (``repository.py``
+    writes them): ``configs/<name>.pbtxt`` where an entry's differs from its ``config.pbtxt`` (name None)."""
+
+    name: str | None
+    runner: str  # what fills the engine slots: tensorrt (plans) | onnxruntime | torch (runners.py)
+    gpu: bool  # the sampling loops (scheduler, t2v_stream) are KIND_GPU instances (t2vserve.placement)
+
+
+#: Every config set. Triton refuses a KIND_GPU instance where it finds no GPU, so the torch runner, which also
+#: runs on the CPU, has a CPU set beside its GPU one; the launcher picks it where CUDA is absent.
+MODEL_CONFIGS = (
+    ModelConfigSet(None, "tensorrt", gpu=True),
+    ModelConfigSet("onnxruntime", "onnxruntime", gpu=False),
+    ModelConfigSet("torch", "torch", gpu=True),
+    ModelConfigSet("torch-cpu", "torch", gpu=False),
+)
+
+
+def model_config_name(runner: str, cuda: bool) -> str | None:
+    """The config set of ``runner`` for a host with (``cuda``) or without CUDA; a runner with one set gets it anyway."""
+    sets = [config for config in MODEL_CONFIGS if config.runner == runner]
+    if not sets:
+        raise ValueError(f"runner must be one of {sorted({config.runner for config in MODEL_CONFIGS})}, got {runner!r}")
+    return next((config.name for config in sets if config.gpu == cuda), sets[0].name)
+
+
+#: Runner names accepted by ``--runner`` -> the config set of a GPU host (``tensorrt``: each entry's ``config.pbtxt``).
+RUNNER_CONFIG_NAMES = {config.runner: model_config_name(config.runner, cuda=True) for config in MODEL_CONFIGS}
 
 
 def _pytriton_root() -> Path:
@@ -103,6 +131,7 @@ class EmbeddedTritonServer:
     cuda_memory_pool_mb: int | None = None  # GPU runners exchange clip-sized tensors through this pool
     host: str = field(default_factory=server_host)  # interface of all three ports (settings.server_host)
     extra_args: tuple[str, ...] = ()  # further tritonserver flags, appended last
+    cuda: bool | None = None  # whether the host has CUDA, for the runner's config set (None: ask the driver)
     startup_timeout_s: float = 180.0  # READY waits for the models' warm-up (torch.compile on GPU runners: minutes)
     process: "subprocess.Popen[bytes] | None" = None
     _backend_dir: Path | None = None
@@ -145,10 +174,15 @@ class EmbeddedTritonServer:
         ]
         if self.cuda_memory_pool_mb:
             cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb * 2**20}")
-        config_name = RUNNER_CONFIG_NAMES[self.runner]
+        config_name = self.config_name()
         if config_name:
             cmd.append(f"--model-config-name={config_name}")
         return cmd + list(self.extra_args)
+
+    def config_name(self) -> str | None:
+        """The runner's config set on this host: ``torch`` on CUDA, ``torch-cpu`` without (``MODEL_CONFIGS``)."""
+        cuda = self.cuda if self.cuda is not None else hostcheck.cuda_device_count() > 0
+        return model_config_name(self.runner, cuda)
 
     def environment(self) -> dict[str, str]:
         root = _pytriton_root()

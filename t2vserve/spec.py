@@ -22,7 +22,7 @@ SAMPLE = "SAMPLE"  # fp32 [batch, channels, frames, h, w]: noisy latents
 TIMESTEP = "TIMESTEP"  # fp32 [batch]: one timestep per sample
 NOISE_PRED = "NOISE_PRED"  # fp32 [batch, channels, frames, h, w]
 LATENTS = "LATENTS"  # fp32 [frames, channels, h, w]: denoised latents, frames as the VAE batch
-FRAMES = "FRAMES"  # fp32 [frames, 3, H, W] in [-1, 1]: decoded frames
+FRAMES = "FRAMES"  # uint8 [frames, H, W, 3]: decoded frames, converted in the decoder slot (video.uint8_frames)
 VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
 DEADLINE = "DEADLINE"  # fp64 [1]: unix time (s) at which the request's TIME_LIMIT_S runs out (set by preprocess)
@@ -55,8 +55,14 @@ DENOISER_QUEUE_DELAY_US = 4000
 #: One classifier-free-guidance pair (unconditional + conditional): the batch of one guided request's denoiser
 #: call (a request at GUIDANCE_SCALE 1 sends the conditional half alone, batch 1).
 CFG_BATCH = 2
-#: Scheduler (sampling loop) instances: how many requests can be denoising at once, feeding the batcher.
+#: Scheduler (sampling loop) instances: how many requests can be denoising at once, feeding the batcher (per GPU
+#: where the scheduler is a GPU instance: Triton's KIND_GPU count is per device).
 SCHEDULER_INSTANCES = 4
+#: Postprocess (output check + H.264) instances: one per request that can be denoising at once. A clip's encode
+#: (0.76 s at 576x320x24 on the CPU, GPU round 3) runs beside the other requests' denoising, but the requests of a
+#: batched step finish together (lockstep, up to SCHEDULER_INSTANCES within one step): with fewer encoders the
+#: last of them would wait for the others' encodes. The stubs are light (no torch), the encodes use the host's other cores.
+POSTPROCESS_INSTANCES = SCHEDULER_INSTANCES
 
 #: Prompts longer than this many characters are refused before tokenizing.
 PROMPT_MAX_CHARS = 2000

@@ -29,6 +29,13 @@ Decisions (TensorRT 10.5, the TensorRT of NGC Triton 24.10):
     issue #3987, 10.2: "please enable --stronglyTyped"). The non-quantized layers of an FP8 plan
     therefore run in FP32; casting the graph to FP16/BF16 around its FP32 islands first (ModelOpt
     AutoCast) is the follow-up that would speed them up.
+* **UINT8 outputs** (the decoder slots' frames, ``video.uint8_frames``): the graph ends in Round and
+  Cast(UINT8). TensorRT 10 takes UINT8 only as a network input or output, converting from FP32/FP16 by
+  truncation (``DataType.UINT8``; the ONNX parser maps Cast to ``ICastLayer``), hence the explicit Round. In a
+  reduced-precision plan the pointwise chain between the decoder's last layer and that Cast (x / 2 + 0.5,
+  clip, transpose, x 255, round) is constrained to FP32 (``PREFER_PRECISION_CONSTRAINTS``): FP16 above 128 is
+  spaced 0.125 and BF16 1.0, which would move values by a level; in FP32 the rounding is the one
+  ``postprocess`` did on the decoder's FP32 output before, and the Cast's input is FP32, as UINT8 needs.
 * **Profiles**: one ``IOptimizationProfile`` per entry of ``engines.slot_profiles`` (min/opt/max per
   input); an input of the network without a profile, or a profile for an input the network lacks, is
   an error before anything is built.
@@ -207,6 +214,9 @@ PRECISION_PLANS: dict[str, PrecisionPlan] = {
 }
 #: Layer types kept in FP32 by plans with FP32 islands (numerically sensitive: norms, sums, transcendental math).
 FP32_LAYER_TYPES = (trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE, trt.LayerType.UNARY, trt.LayerType.SOFTMAX)
+#: Layer types of the pointwise chain that turns a decoder's frames into a UINT8 output (kept in FP32).
+UINT8_TAIL_TYPES = (trt.LayerType.ELEMENTWISE, trt.LayerType.UNARY, trt.LayerType.ACTIVATION, trt.LayerType.SHUFFLE,
+                    trt.LayerType.IDENTITY, trt.LayerType.CAST)
 
 
 def precision_plan(slot: str, precision: str) -> PrecisionPlan:
@@ -231,6 +241,11 @@ def apply_precision(config: trt.IBuilderConfig, network: trt.INetworkDefinition,
         log(f"{slot}: {precision.upper()} with {islands} layers constrained to FP32 (norms, reductions, unary math)")
     if plan.strongly_typed:
         log(f"{slot}: {precision.upper()} Q/DQ, strongly typed network: layer precisions follow the ONNX's types")
+    elif plan.flags:
+        tail = _keep_uint8_tails_fp32(network)
+        if tail:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            log(f"{slot}: {tail} layers before the UINT8 output constrained to FP32 (the frames' rounding)")
 
 
 def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
@@ -243,6 +258,38 @@ def _keep_fp32_islands(network: trt.INetworkDefinition) -> int:
             for output in range(layer.num_outputs):
                 layer.set_output_type(output, trt.float32)
             count += 1
+    return count
+
+
+def _keep_uint8_tails_fp32(network: trt.INetworkDefinition) -> int:
+    """Constrain the pointwise chain that feeds each UINT8 network output to FP32; returns how many layers.
+
+    Walks back from the Cast producing the output through single-input layers of ``UINT8_TAIL_TYPES`` (an
+    elementwise layer's other input a constant), stopping at the first other layer: the decoder's own.
+    """
+    outputs = [network.get_output(index) for index in range(network.num_outputs)]
+    uint8_outputs = [tensor for tensor in outputs if tensor.dtype == trt.uint8]
+    if not uint8_outputs:
+        return 0
+    producers: dict[str, trt.ILayer] = {}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        for output in range(layer.num_outputs):
+            producers[layer.get_output(output).name] = layer
+    count = 0
+    for tensor in uint8_outputs:
+        cast = producers.get(tensor.name)
+        feeding = cast.get_input(0) if cast is not None else None
+        while feeding is not None and (step := producers.get(feeding.name)) is not None and step.type in UINT8_TAIL_TYPES:
+            inputs = [step.get_input(i) for i in range(step.num_inputs)]
+            variable = [t for t in inputs if t is not None and (t.name not in producers or producers[t.name].type != trt.LayerType.CONSTANT)]
+            if len(variable) != 1:
+                break
+            step.precision = trt.float32
+            for output in range(step.num_outputs):
+                step.set_output_type(output, trt.float32)
+            count += 1
+            feeding = variable[0]
     return count
 
 

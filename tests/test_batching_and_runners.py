@@ -12,6 +12,7 @@ import tritonclient.grpc as grpcclient
 from t2vserve.client import GenerationRequest, T2VClient
 from t2vserve.runners import batch_or_each
 from t2vserve.server import EmbeddedTritonServer
+from t2vserve.spec import POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
 
 PROMPTS = ["a cat playing the piano", "a drone shot over snowy mountains", "a chef cooking pasta", "fireworks over a river"]
 
@@ -60,6 +61,23 @@ def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
     diff = np.abs(onnx_video.astype(int) - torch_video.astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.05
     assert unet_stats(torch_server.grpc_url, "unet")[0] == 10
+
+
+def test_without_cuda_the_sampling_loops_are_cpu_instances(server, torch_server) -> None:
+    """No GPU here: the torch runner is served from its CPU config set (configs/torch-cpu.pbtxt: Triton refuses KIND_GPU
+    instances without a GPU), ONNX Runtime from its own; both run scheduler and t2v_stream as CPU instances, which
+    follow their K/V (t2vserve.placement), and the clips' encodes as POSTPROCESS_INSTANCES instances."""
+    assert (server.config_name(), torch_server.config_name()) == ("onnxruntime", "torch-cpu")
+    for srv in (server, torch_server):
+        with grpcclient.InferenceServerClient(srv.grpc_url) as client:
+            groups = {model: client.get_model_config(model, as_json=True)["config"]["instance_group"]
+                      for model in ("scheduler", STREAM_MODEL, "postprocess")}
+        assert {model: [(g["kind"], g["count"]) for g in group] for model, group in groups.items()} == {
+            "scheduler": [("KIND_CPU", SCHEDULER_INSTANCES)], STREAM_MODEL: [("KIND_CPU", 1)], "postprocess": [("KIND_CPU", POSTPROCESS_INSTANCES)]}
+    log = torch_server.log_path.read_text()
+    assert "scheduler_0_0: sampling loop on the device its K/V arrives on (CPU instance)" in log
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        assert client.get_model_config("vae_decoder", as_json=True)["config"]["parameters"]["device"]["string_value"] == "cpu"
 
 
 def test_a_failed_batch_is_logged_before_the_one_by_one_retry(caplog) -> None:

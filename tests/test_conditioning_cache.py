@@ -129,10 +129,11 @@ def response_cache_server(repository, tmp_path_factory):
     """A copy of the repository whose scheduler keeps a response cache (off by default), on its own server."""
     root = tmp_path_factory.mktemp("response-cache")
     copy = Path(shutil.copytree(repository, root / "model_repository", symlinks=True))
-    config = copy / "scheduler" / "config.pbtxt"
-    text = config.read_text()
-    assert 'key: "response_cache_bytes" value: { string_value: "0" }' in text
-    config.write_text(text.replace('key: "response_cache_bytes" value: { string_value: "0" }', 'key: "response_cache_bytes" value: { string_value: "16777216" }'))
+    configs = [copy / "scheduler" / "config.pbtxt", *(copy / "scheduler" / "configs").glob("*.pbtxt")]  # whichever set serves
+    for config in configs:
+        text = config.read_text()
+        assert 'key: "response_cache_bytes" value: { string_value: "0" }' in text
+        config.write_text(text.replace('key: "response_cache_bytes" value: { string_value: "0" }', 'key: "response_cache_bytes" value: { string_value: "16777216" }'))
     with EmbeddedTritonServer(copy, log_path=root / "tritonserver.log") as srv:
         yield srv
 

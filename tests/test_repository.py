@@ -18,8 +18,8 @@ from t2vserve.repository import (
     stale_files,
     write_repository,
 )
-from t2vserve.server import DEFAULT_MODEL_REPOSITORY
-from t2vserve.spec import PARAMETERS
+from t2vserve.server import DEFAULT_MODEL_REPOSITORY, MODEL_CONFIGS
+from t2vserve.spec import FRAMES, PARAMETERS, POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
 
 
 def test_committed_configs_equal_generated() -> None:
@@ -37,7 +37,7 @@ def test_an_optional_slot_gets_an_entry_only_where_the_model_has_its_component(t
     with_student = render_repository("unet3d", optional={slot.component})
     assert 'platform: "tensorrt_plan"' in with_student[f"{slot.name}/config.pbtxt"]
     assert set(with_student) - set(render_repository("unet3d")) == {f"{slot.name}/{rel}" for rel in (
-        "config.pbtxt", "configs/onnxruntime.pbtxt", "configs/torch.pbtxt", "1/model.py")}
+        "config.pbtxt", *(f"configs/{c.name}.pbtxt" for c in MODEL_CONFIGS if c.name), "1/model.py")}
     write_repository(tmp_path, "unet3d", optional={slot.component})
     with pytest.raises(FileExistsError, match="unet_distilled"):  # Triton would load the student's entry without its model
         write_repository(tmp_path, "unet3d")
@@ -63,6 +63,50 @@ def test_engine_slots_have_tensorrt_default_and_runner_configs(family: str, expe
     assert "preprocess/configs/onnxruntime.pbtxt" not in files  # every track
     torch_tracks = re.search(r'key: "tracks" value: \{ string_value: "([^"]*)" \}', files["preprocess/configs/torch.pbtxt"]).group(1)
     assert torch_tracks.split(",") == [track for track in tracks if track != "int8"]
+
+
+def _effective(files: dict[str, str], entry: str, name: str | None) -> str:
+    """The config Triton loads for ``entry`` under --model-config-name ``name``: configs/<name>.pbtxt, else config.pbtxt."""
+    return files.get(f"{entry}/configs/{name}.pbtxt") or files[f"{entry}/config.pbtxt"]
+
+
+def _instances(config: str) -> tuple[str, int]:
+    kind, count = re.search(r"instance_group \[ \{ kind: (\w+) count: (\d+) \} \]", config).groups()
+    return kind, int(count)
+
+
+@pytest.mark.parametrize("family,experts", FAMILY_LAYOUTS)
+def test_the_sampling_loops_are_gpu_instances_exactly_in_the_gpu_config_sets(family: str, experts: int) -> None:
+    """scheduler and t2v_stream: KIND_GPU with TensorRT (config.pbtxt) and the torch runner on CUDA (torch), KIND_CPU
+    with ONNX Runtime and the torch runner on the CPU (torch-cpu, the launcher's choice without CUDA: Triton refuses
+    KIND_GPU there); every other Python entry KIND_CPU; the engine slots have a config in every named set."""
+    files = render_repository(family, experts, get_family(family).optional_components(experts))
+    python = [name for name in files if name.endswith("/1/model.py") and "runner" not in files[name]]
+    assert {"torch", "torch-cpu", "onnxruntime"} <= {config.name for config in MODEL_CONFIGS}
+    for config in MODEL_CONFIGS:
+        for path in python:
+            entry = path.split("/")[0]
+            kind, count = _instances(_effective(files, entry, config.name))
+            loop = entry in ("scheduler", STREAM_MODEL)
+            assert kind == ("KIND_GPU" if loop and config.gpu else "KIND_CPU"), (config.name, entry)
+            assert count == {"scheduler": SCHEDULER_INSTANCES, "postprocess": POSTPROCESS_INSTANCES}.get(entry, 1)
+        for slot in get_family(family).slots(experts):
+            text = _effective(files, slot.name, config.name)
+            assert ('platform: "tensorrt_plan"' in text) == (config.runner == "tensorrt"), (config.name, slot.name)
+            if config.runner == "torch" and "unavailable" not in text:
+                device = "auto" if config.gpu else "cpu"
+                assert f'key: "device" value: {{ string_value: "{device}" }}' in text
+    assert "scheduler/configs/torch.pbtxt" not in files  # the same as config.pbtxt: Triton falls back to it
+    assert _effective(files, "preprocess", "torch-cpu") == files["preprocess/configs/torch.pbtxt"]  # int8 refused there too
+
+
+@pytest.mark.parametrize("family,experts", FAMILY_LAYOUTS)
+def test_the_decoder_slot_hands_postprocess_uint8_frames(family: str, experts: int) -> None:
+    files = render_repository(family, experts)
+    frames = f'{{ name: "{FRAMES}" data_type: TYPE_UINT8 dims: [ -1, -1, -1, 3 ] }}'
+    for config in MODEL_CONFIGS:
+        assert frames in _effective(files, "vae_decoder", config.name)
+    assert frames in files["postprocess/config.pbtxt"]
 
 
 def test_a_repository_of_another_family_is_refused(tmp_path) -> None:

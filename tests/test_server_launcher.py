@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from t2vserve.hostcheck import cuda_device_count
 from t2vserve.repository import render_repository
-from t2vserve.server import EmbeddedTritonServer, free_port
+from t2vserve.server import EmbeddedTritonServer, free_port, model_config_name
 from t2vserve.settings import COMPILE_CACHE_ENV, LOOPBACK, SERVER_HOST_ENV
+from t2vserve.spec import POSTPROCESS_INSTANCES
 
 READY_TIMEOUT_S = 120
 
@@ -154,6 +156,26 @@ def test_listens_on_loopback_unless_told_otherwise(monkeypatch) -> None:
     assert addresses(EmbeddedTritonServer(host="10.1.2.3")) == {"10.1.2.3"}
 
 
+def test_the_torch_runner_gets_its_cpu_config_set_where_cuda_is_absent() -> None:
+    """Triton refuses KIND_GPU instances without a GPU: the launcher serves the torch runner's CPU set there
+    (configs/torch-cpu.pbtxt, the sampling loops KIND_CPU); the other runners have one set each."""
+    def config_flags(runner: str, cuda: bool) -> list[str]:
+        server = EmbeddedTritonServer(runner=runner, cuda=cuda)
+        try:
+            return [flag for flag in server.command() if flag.startswith("--model-config-name")]
+        finally:
+            server.stop()
+
+    assert config_flags("torch", cuda=False) == ["--model-config-name=torch-cpu"]
+    assert config_flags("torch", cuda=True) == ["--model-config-name=torch"]
+    assert config_flags("onnxruntime", cuda=True) == config_flags("onnxruntime", cuda=False) == ["--model-config-name=onnxruntime"]
+    assert config_flags("tensorrt", cuda=True) == []  # each entry's config.pbtxt
+    expected = "torch" if cuda_device_count() else "torch-cpu"  # the launcher asks the CUDA driver
+    assert EmbeddedTritonServer(runner="torch").config_name() == expected
+    with pytest.raises(ValueError, match="runner must be one of"):
+        model_config_name("tensorflow", cuda=True)
+
+
 def test_compile_cache_directory_reaches_the_server_environment(monkeypatch, tmp_path) -> None:
     """T2V_COMPILE_CACHE_DIR puts torch.compile's caches (Inductor, Triton kernels) under it for the stubs;
     an explicit TORCHINDUCTOR_CACHE_DIR wins; unset, torch keeps its defaults."""
@@ -185,15 +207,16 @@ def test_launcher_stops_tritonserver_when_a_stub_dies(tmp_path) -> None:
         launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = 0
     try:
-        watching = lambda: "watching 1 Python-backend stub processes" in output.read_text()  # noqa: E731
+        count = POSTPROCESS_INSTANCES  # the repository's one model, one stub per instance
+        watching = lambda: f"watching {count} Python-backend stub processes" in output.read_text()  # noqa: E731
         assert procs.wait_for(lambda: watching() or launcher.poll() is not None, READY_TIMEOUT_S), output.read_text()
         assert watching(), output.read_text()
         (server,) = _children(launcher.pid)
-        (stub,) = procs.stubs(server)
-        assert procs.kill(stub)
+        stubs = sorted(procs.stubs(server))
+        assert len(stubs) == count and procs.kill(stubs[0])
         code = launcher.wait(timeout=60)
         assert code == EXIT_STUB_LOST, output.read_text()
-        assert "Python-backend stub lost (postprocess: 0 of 1 stub processes alive)" in output.read_text()
+        assert f"Python-backend stub lost (postprocess: {count - 1} of {count} stub processes alive)" in output.read_text()
         assert not _alive(server) and not any(_port_open(port) for port in ports)
     finally:
         if launcher.poll() is None:

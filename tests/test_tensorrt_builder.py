@@ -33,6 +33,7 @@ def _fake_tensorrt() -> types.ModuleType:
     trt.BuilderFlag = trt.LayerType = _Names()  # type: ignore[attr-defined]
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)  # type: ignore[attr-defined]
     trt.float32 = "float32"  # type: ignore[attr-defined]
+    trt.uint8 = "uint8"  # type: ignore[attr-defined]
     trt.__version__ = "10.5.0"  # type: ignore[attr-defined]
     return trt
 
@@ -134,6 +135,7 @@ class FakeNetwork:
     def __init__(self, kinds: list[str]) -> None:
         self.layers = [FakeLayer(kind) for kind in kinds]
         self.num_layers = len(self.layers)
+        self.num_outputs = 0  # no UINT8 output (DecoderNetwork has one)
 
     def get_layer(self, index: int) -> FakeLayer:
         return self.layers[index]
@@ -189,3 +191,74 @@ def test_an_unknown_precision_is_refused(builder) -> None:
 
     with pytest.raises(EngineError, match="unknown precision 'int4'"):
         builder.apply_precision(FlagConfig(), FakeNetwork([]), "unet_int4", "int4", print)
+
+
+class FakeTensor:
+    def __init__(self, name: str, dtype: str = "float32") -> None:
+        self.name, self.dtype = name, dtype
+
+
+class DecoderLayer:
+    def __init__(self, name: str, kind: str, inputs: list[FakeTensor], output: FakeTensor) -> None:
+        self.name, self.type, self.inputs, self.outputs = name, kind, inputs, [output]
+        self.precision: str | None = None
+        self.output_types: dict[int, str] = {}
+        self.num_inputs, self.num_outputs = len(inputs), 1
+
+    def get_input(self, index: int) -> FakeTensor:
+        return self.inputs[index]
+
+    def get_output(self, index: int) -> FakeTensor:
+        return self.outputs[index]
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+class DecoderNetwork:
+    """The decoder graph's end as the ONNX parser builds it: conv_out, then Cast(float) x / 2 + 0.5, clip, transpose,
+    x 255, round, Cast(UINT8) (video.uint8_frames), each constant a layer of its own; a second, float output beside."""
+
+    def __init__(self) -> None:
+        self.layers: list[DecoderLayer] = []
+        self.outputs = [self._chain(), self._add("other", "CONVOLUTION", [FakeTensor("LATENTS")]).get_output(0)]
+
+    def _add(self, name: str, kind: str, inputs: list[FakeTensor], dtype: str = "float32") -> DecoderLayer:
+        layer = DecoderLayer(name, kind, inputs, FakeTensor(f"{name}_out", dtype))
+        self.layers.append(layer)
+        return layer
+
+    def _chain(self) -> FakeTensor:
+        tensor = self._add("conv_out", "CONVOLUTION", [FakeTensor("LATENTS")]).get_output(0)
+        for name, kind, constant in [("to_float", "CAST", False), ("div", "ELEMENTWISE", True), ("add", "ELEMENTWISE", True),
+                                     ("clip", "ACTIVATION", False), ("transpose", "SHUFFLE", False), ("mul", "ELEMENTWISE", True),
+                                     ("round", "UNARY", False)]:
+            inputs = [tensor] + ([self._add(f"{name}_constant", "CONSTANT", []).get_output(0)] if constant else [])
+            tensor = self._add(name, kind, inputs).get_output(0)
+        return self._add("to_uint8", "CAST", [tensor], dtype="uint8").get_output(0)
+
+    num_layers = property(lambda self: len(self.layers))
+    num_outputs = property(lambda self: len(self.outputs))
+
+    def get_layer(self, index: int) -> DecoderLayer:
+        return self.layers[index]
+
+    def get_output(self, index: int) -> FakeTensor:
+        return self.outputs[index]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_the_rounding_before_a_uint8_output_is_kept_in_fp32(builder, precision: str) -> None:
+    """FP16 is spaced 0.125 above 128 and BF16 1.0: the frames' x 255 and round run in FP32 in a reduced-precision
+    plan, from the decoder's last layer to the Cast (which TensorRT converts from FP32 by truncation)."""
+    network, config, messages = DecoderNetwork(), FlagConfig(), []
+    builder.apply_precision(config, network, "vae_decoder", precision, messages.append)
+    constrained = {layer.name for layer in network.layers if layer.precision == "float32"}
+    tail = {"to_float", "div", "add", "clip", "transpose", "mul", "round"}
+    if precision == "fp32":  # no reduced-precision flag: nothing to constrain
+        assert constrained == set() and config.flags == []
+        return
+    assert tail <= constrained and not constrained & {"conv_out", "other", "to_uint8", "div_constant"}
+    assert all(layer.output_types == {0: "float32"} for layer in network.layers if layer.name in tail)
+    assert "PREFER_PRECISION_CONSTRAINTS" in config.flags
+    assert any(f"{len(tail)} layers before the UINT8 output constrained to FP32" in m for m in messages), messages

@@ -47,7 +47,9 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width))
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "runner": args.runner}
     if args.device == "cuda":
-        os.environ["T2V_ASSERT_DEVICE"] = "cuda"  # the scheduler checks K/V, latents, denoiser output every step
+        # the runner entries check their inputs arrive on the GPU; the scheduler, a GPU instance here, checks K/V and
+        # every denoiser output itself (t2vserve.placement)
+        os.environ["T2V_ASSERT_DEVICE"] = "cuda"
         os.environ["T2V_STUB_NUMPY1"] = "1"  # client/gpu_bench.sh: numpy 1.x for Triton's Python stubs only
     log = Path(args.out).parent / "bench-tritonserver.log"
 

@@ -32,6 +32,7 @@ from ..spec import (
     ModelGeometry,
     Preset,
 )
+from ..video import uint8_frames
 
 #: Axes that vary per request (ONNX dynamic axes, TensorRT profile ranges); every other symbolic
 #: axis is a constant of the model (``Family.constants``).
@@ -78,10 +79,23 @@ DENOISER_IO = (
     (TensorSpec(SAMPLE, "TYPE_FP32", LATENT_DIMS), TensorSpec(TIMESTEP, "TYPE_FP32", ("batch",)), PACKED_KV),
     (TensorSpec(NOISE_PRED, "TYPE_FP32", LATENT_DIMS),),
 )
+#: The decoder slot emits the clip's uint8 frames (``Uint8Frames``): converted where it decodes, a quarter of fp32's bytes.
 DECODER_IO = (
     (TensorSpec(LATENTS, "TYPE_FP32", (1, "channels", "latent_frames", "latent_height", "latent_width")),),
-    (TensorSpec(FRAMES, "TYPE_FP32", ("frames", 3, "height", "width")),),
+    (TensorSpec(FRAMES, "TYPE_UINT8", ("frames", "height", "width", 3)),),
 )
+
+
+class Uint8Frames(nn.Module):
+    """The module of a ``vae_decoder`` slot: a family's VAE decoder (latents -> frames [F, 3, H, W] in [-1, 1]) followed
+    by ``video.uint8_frames`` (-> uint8 [F, H, W, 3]), so the ONNX/TensorRT graph and the torch runner both emit uint8."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder  # the float frames: preview fitting, the export check (``video.rounding_excess``)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return uint8_frames(self.decoder(latents))
 
 
 @dataclass(frozen=True)

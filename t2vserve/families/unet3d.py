@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, KVLayout, ModelGeometry
-from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, load_model, read_scheduler_config
+from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, Uint8Frames, load_model, read_scheduler_config
 
 #: The tiny random-initialised demo model: same architecture as ModelScope, toy widths.
 TINY_UNET_CONFIG: dict[str, Any] = {
@@ -261,7 +261,7 @@ class UNet3DFamily(Family):
             Slot("unet_fp8", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet), precision="fp8", quantized_from="unet", recipe="unet_fp8"),
             # fed the K/V of the teacher's kv_projector (its own to_k/to_v are the teacher's, untouched by distillation)
             Slot("unet_distilled", DENOISER, *DENOISER_IO, lambda c: CachedKVUNet(c.unet_distilled), component="unet_distilled"),
-            Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: VaeDecoderGraph(c.vae)),
+            Slot("vae_decoder", VAE_DECODER, *DECODER_IO, lambda c: Uint8Frames(VaeDecoderGraph(c.vae))),
         )
 
     def training_variant(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from ..spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
 from . import wan22_modules as modules
 from .wan22_tiny import SCHEDULER_CONFIG, TEXT_MAX_LENGTH
-from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, load_model, read_scheduler_config
+from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, Uint8Frames, load_model, read_scheduler_config
 
 #: Entry of each expert (A14B: the high-noise expert first).
 EXPERT_ENTRIES = ("transformer", "transformer_2")
@@ -49,11 +49,11 @@ UMT5_XXL: dict[str, Any] = {
 
 
 def _vae_decoder(components: Any, geometry: ModelGeometry | None) -> torch.nn.Module:
-    """The VAE decoder; for ONNX, padded to the preset's most latent frames (the causal VAE makes that exact)."""
+    """The VAE decoder, uint8 frames out; for ONNX, padded to the preset's most latent frames (the causal VAE makes that exact)."""
     if geometry is None:
-        return modules.VaeDecoderGraph(components.vae)
+        return Uint8Frames(modules.VaeDecoderGraph(components.vae))
     _, high = geometry.frames_range().grid_values()
-    return modules.VaeDecoderGraph(components.vae, max_latent_frames=geometry.latent_frames(high))
+    return Uint8Frames(modules.VaeDecoderGraph(components.vae, max_latent_frames=geometry.latent_frames(high)))
 
 
 class Wan22Family(Family):

@@ -1,17 +1,19 @@
-"""Helpers shared by the Python-backend models: tensor exchange over DLPack, errors, config access."""
+"""Helpers shared by the Python-backend models: BLS calls, errors, config access (no torch: ``postprocess`` stays light;
+tensor exchange with torch is ``tensors.py``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import to_dlpack
 
 from ..params import ParameterError, read_parameter_error
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BLSError(RuntimeError):
@@ -42,15 +44,6 @@ def config_parameter(config: dict[str, Any], key: str, default: str = "") -> str
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
-    """A Triton tensor as a torch tensor on the device it already lives on (no copy)."""
-    return torch.from_dlpack(tensor.to_dlpack())
-
-
-def from_torch(name: str, tensor: torch.Tensor) -> "pb_utils.Tensor":
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
-
-
 def optional_input(request: "pb_utils.InferenceRequest", name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
@@ -77,9 +70,16 @@ def error_response(exc: BaseException) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(error=error)
 
 
-def infer(model_name: str, inputs: list["pb_utils.Tensor"], output_names: list[str]) -> list["pb_utils.Tensor"]:
-    """One BLS call; an error response raises BLSError naming the model (never ignored)."""
-    request = pb_utils.InferenceRequest(model_name=model_name, inputs=inputs, requested_output_names=output_names)
+def infer(
+    model_name: str, inputs: list["pb_utils.Tensor"], output_names: list[str], device: "torch.device | None" = None
+) -> list["pb_utils.Tensor"]:
+    """One BLS call; an error response raises BLSError naming the model (never ignored). ``device``: the outputs are
+    asked for in its memory (``preferred_memory``: that GPU's, or the host's); None: where the model produced them."""
+    memory = {}
+    if device is not None:
+        kind = pb_utils.TRITONSERVER_MEMORY_GPU if device.type == "cuda" else pb_utils.TRITONSERVER_MEMORY_CPU
+        memory["preferred_memory"] = pb_utils.PreferredMemory(kind, int(device.index or 0) if device.type == "cuda" else 0)
+    request = pb_utils.InferenceRequest(model_name=model_name, inputs=inputs, requested_output_names=output_names, **memory)
     response = request.exec()
     if response.has_error():
         raise BLSError(model_name, response.error().message(), response.error().code())

@@ -30,7 +30,8 @@ import triton_python_backend_utils as pb_utils
 from ..conditioning_cache import BUDGET_METRIC, METRICS, ConditioningCache
 from ..spec import CFG_BATCH, CONDITIONING_CACHE_BYTES, INPUT_IDS, KV, PINNED_TEXTS_FILE, TEXT_EMBEDS
 from .cache_metrics import CacheMetrics
-from .common import config_parameter, error_response, from_torch, infer, model_config, to_torch, version_dir
+from .common import config_parameter, error_response, infer, model_config, version_dir
+from .tensors import from_torch, to_torch
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

@@ -7,15 +7,18 @@ and checks, before every step, whether the client cancelled the request or its T
 PRECISION picks the track (the model's ``ModelGeometry.tracks``: unet3d int8 -> ``unet_int8``, fp16 ->
 ``unet``; wan22 bf16 -> ``transformer`` [+ ``transformer_2``, the low-noise expert below the boundary
 timestep]); SAMPLER the sampler (unet3d: ddim; wan22: unipc, euler); STEP_CACHE the step cache's
-threshold (``t2vserve.step_cache``; 0: off). Latents are created on the K/V's device, so with a GPU
-runner the whole loop stays on the GPU (DLPack in and out of BLS, no host round trip per step; the step
-cache adds one scalar per computed step). Each request's steps and skipped steps go to Triton's metrics
+threshold (``t2vserve.step_cache``; 0: off). Each request's steps and skipped steps go to Triton's metrics
 endpoint (``step_cache.STEP_METRICS``, labels model and version).
+
+**Device** (``t2vserve.placement``): a GPU instance (``model_instance_kind`` GPU) runs its loop on
+``cuda:<model_instance_device_id>``: the K/V moved there once per request, the latents drawn there, a host
+tensor an error. A CPU instance runs it on the K/V's device. Either way every denoiser output is asked for on
+the loop's device (BLS ``preferred_memory``) and the loop stays where it starts: DLPack in and out of BLS, no
+host round trip per step (the step cache adds one scalar per computed step).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -23,11 +26,13 @@ from typing import Any, Callable, Mapping
 import torch
 import triton_python_backend_utils as pb_utils
 
+from ..placement import Placement
 from ..samplers import make_sampler
 from ..sampling import conditioning_rows, denoise, initial_latents
 from ..spec import DEADLINE, GEOMETRY_FILE, KV, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
 from ..step_cache import STEP_METRICS, StepCache, StepCacheStats
-from .common import RequestCancelled, TimeLimitExceeded, config_parameter, from_torch, infer, model_config, to_torch, version_dir
+from .common import RequestCancelled, TimeLimitExceeded, infer, version_dir
+from .tensors import from_torch, to_torch
 
 
 @dataclass
@@ -70,21 +75,16 @@ class StepMetrics:
                 metric.increment(getattr(stats, field))
 
 
-def _assert_on(device_type: str, **tensors: torch.Tensor) -> None:
-    for name, tensor in tensors.items():
-        if tensor.device.type != device_type:
-            raise AssertionError(f"{name} is on {tensor.device}, expected {device_type}")
-
-
 class DenoisingLoop:
     """The ``scheduler`` entry's inputs -> denoised latents [1, C, f, h, w], one BLS denoiser call per step."""
 
     def __init__(self, args: dict[str, str]) -> None:
         self.geometry = ModelGeometry.load(version_dir(args) / GEOMETRY_FILE)
         self.samplers = {name: make_sampler(name, self.geometry.scheduler_config) for name in self.geometry.samplers}
-        # Debug: with parameter assert_device (e.g. "cuda"), every step checks that K/V, latents and the
-        # denoiser output live on that device type, i.e. nothing took a host round trip.
-        self.assert_device = config_parameter(model_config(args), "assert_device", "") or os.environ.get("T2V_ASSERT_DEVICE") or None
+        self.placement = Placement.of_instance(args.get("model_instance_kind", ""), args.get("model_instance_device_id", "0"))
+        if self.placement.device is not None:
+            torch.cuda.set_device(self.placement.device)  # this thread's; run() sets it for every request's thread
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: sampling loop on {self.placement.describe()}")
         self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
 
     def run(
@@ -94,19 +94,24 @@ class DenoisingLoop:
         on_step: ProgressCallback | None = None,
     ) -> torch.Tensor:
         """Denoise; ``is_cancelled`` is asked before every step, ``on_step`` called after each."""
+        with self.placement.active():
+            return self._run(inputs, is_cancelled, on_step)
+
+    def _run(self, inputs: Mapping[str, "pb_utils.Tensor"], is_cancelled: Callable[[], bool], on_step: ProgressCallback | None) -> torch.Tensor:
+        place = self.placement
 
         def scalar(name: str) -> Any:
             return inputs[name].as_numpy().reshape(-1)[0]
 
         steps = int(scalar("STEPS"))
         guard = StepGuard(is_cancelled, float(scalar(DEADLINE)), float(scalar("TIME_LIMIT_S")), steps)
-        kv = to_torch(inputs[KV])
-        # K/V per denoiser batch: the request's tensor as it came for CFG pairs; for a guidance-free call the
-        # prompt's row alone, a view of it on its device (DLPack, no host copy), made once per request
-        kv_rows: dict[int, "pb_utils.Tensor"] = {kv.shape[0]: inputs[KV]}
-        latents = initial_latents(
-            self.geometry, int(scalar("HEIGHT")), int(scalar("WIDTH")), int(scalar("NUM_FRAMES")), int(scalar("SEED")), device=kv.device
-        )
+        received = to_torch(inputs[KV])
+        kv = place.receive(KV, received, "input from conditioning")  # on the loop's device, moved at most once
+        # K/V per denoiser batch: the request's tensor for CFG pairs (as it came, unless it was moved); for a
+        # guidance-free call the prompt's row alone, a view of it on its device (DLPack, no copy), made once per request
+        kv_rows: dict[int, "pb_utils.Tensor"] = {kv.shape[0]: inputs[KV] if kv is received else from_torch(KV, kv)}
+        device = place.loop_device(kv)
+        latents = initial_latents(self.geometry, int(scalar("HEIGHT")), int(scalar("WIDTH")), int(scalar("NUM_FRAMES")), int(scalar("SEED")), device)
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             guard.check()
@@ -114,11 +119,9 @@ class DenoisingLoop:
             if batch not in kv_rows:
                 kv_rows[batch] = from_torch(KV, conditioning_rows(kv, batch))
             # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
-            (output,) = infer(entry, [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]], [NOISE_PRED])
-            output = to_torch(output)
-            if self.assert_device is not None:
-                _assert_on(self.assert_device, kv=kv, sample=sample, output=output)
-            return output.to(sample.device)
+            step_inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]]
+            (output,) = infer(entry, step_inputs, [NOISE_PRED], device=device)  # the output asked for where the loop runs
+            return place.check(NOISE_PRED, to_torch(output), f"output of {entry}").to(sample.device)
 
         cache = StepCache(float(scalar("STEP_CACHE")))
 

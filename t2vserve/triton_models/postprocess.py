@@ -1,5 +1,8 @@
-"""``postprocess``: decoded frames -> uint8 VIDEO [F, H, W, 3] and an H.264 MP4, after the output check.
+"""``postprocess``: the clip's uint8 frames -> VIDEO (the same frames) and an H.264 MP4, after the output check.
 
+The frames arrive as uint8 [F, H, W, 3]: the ``vae_decoder`` slot converts them where it decodes
+(``video.uint8_frames``), so this entry only checks and encodes. It loads without torch, and it has
+POSTPROCESS_INSTANCES instances: the clips of a batched step encode at once, beside the next requests' denoising.
 Config parameter ``output_check``: a check of ``t2vserve.safety.OUTPUT_CHECKS`` or ``package.module:function``
 (default ``none``); a clip it refuses is answered with INVALID_ARG naming its category.
 """
@@ -11,8 +14,8 @@ import triton_python_backend_utils as pb_utils
 
 from ..safety import load_output_check, run_output_check
 from ..spec import FRAMES, MP4, VIDEO
-from ..video import encode_mp4, to_uint8_frames
-from .common import config_parameter, error_response, model_config, to_torch
+from ..video import encode_mp4
+from .common import config_parameter, error_response, model_config
 
 
 class TritonPythonModel:
@@ -24,9 +27,8 @@ class TritonPythonModel:
 
     def _one(self, request) -> "pb_utils.InferenceResponse":
         try:
-            frames = to_torch(pb_utils.get_input_tensor_by_name(request, FRAMES)).cpu().numpy()
+            video = pb_utils.get_input_tensor_by_name(request, FRAMES).as_numpy()  # on the host: FORCE_CPU_ONLY_INPUT_TENSORS
             fps = int(pb_utils.get_input_tensor_by_name(request, "FPS").as_numpy().reshape(-1)[0])
-            video = to_uint8_frames(frames)
             run_output_check(self.output_check, video)
             mp4 = np.array([encode_mp4(video, fps)], dtype=np.object_)
             return pb_utils.InferenceResponse([pb_utils.Tensor(VIDEO, video), pb_utils.Tensor(MP4, mp4)])

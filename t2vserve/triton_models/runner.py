@@ -13,7 +13,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from ..runners import KERNELS_LOG, batch_or_each, make_runner
-from .common import config_parameter, error_response, from_torch, model_config, to_torch, version_dir
+from .common import config_parameter, error_response, model_config, version_dir
+from .tensors import from_torch, to_torch
 
 
 class TritonPythonModel:

@@ -21,7 +21,8 @@ import triton_python_backend_utils as pb_utils
 from ..conditioning_cache import RESPONSE_BUDGET_METRIC, RESPONSE_METRICS, ConditioningCache
 from ..spec import LATENTS, RESPONSE_CACHE_BYTES, RESPONSE_KEY
 from .cache_metrics import CacheMetrics
-from .common import config_parameter, error_response, from_torch, model_config
+from .common import config_parameter, error_response, model_config
+from .tensors import from_torch
 from .denoising import DenoisingLoop
 
 

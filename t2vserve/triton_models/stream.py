@@ -42,7 +42,8 @@ from ..spec import (
     STREAM_PARAMETERS,
     TOTAL_STEPS,
 )
-from .common import RequestCancelled, error_response, from_torch, infer, version_dir
+from .common import RequestCancelled, error_response, infer, version_dir
+from .tensors import from_torch
 from .denoising import DenoisingLoop
 
 #: The ensemble entry whose work this model does itself (the sampling loop), reporting every step.
