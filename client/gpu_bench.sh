@@ -7,6 +7,7 @@
 #                                                  # joins the CPU report's fidelity columns): one table per family
 #   bash client/gpu_bench.sh prefill   [WHEEL_DIR] # torch.compile caches of the denoiser entries, all at once (SIZES=2: the
 #                                                  # CFG pair only), for a later part with the same T2V_COMPILE_CACHE_DIR
+# SERVE_TRACKS (e.g. fp16) exports only those tracks' denoiser entries: the others load and compile nothing.
 # PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, HEIGHT and WIDTH, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
 # EXPERTS (wan22: 2 = the A14B layout) and REPEATS choose the workload; PRECISION (e.g. fp16,fp8 for
@@ -55,5 +56,5 @@ extra=()
 if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
-  ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "${WORK:-/tmp/t2v-bench-$preset}" ${SIZES:+--sizes "$SIZES"} ${QUALITY:+--quality "$QUALITY"} \
+  ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "${WORK:-/tmp/t2v-bench-$preset}" ${SIZES:+--sizes "$SIZES"} ${SERVE_TRACKS:+--serve-tracks "$SERVE_TRACKS"} ${QUALITY:+--quality "$QUALITY"} \
   --repeats "${REPEATS:-2}" --per-client 2 ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset${TAG:+-$TAG}-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset${TAG:+-$TAG}-$part.log"

@@ -108,6 +108,7 @@ def export_model(
     only: list[str] | None = None,
     calibration_method: str | None = None,
     warmup_size: tuple[int, int, int] | None = None,
+    tracks: list[str] | None = None,
 ) -> ModelGeometry:
     """Export every engine slot of ``model_dir`` into ``repository`` and write the serving metadata.
 
@@ -117,15 +118,22 @@ def export_model(
     enough for the torch runner, which loads the diffusers directory itself (``source.json``).
     ``only``: export just these slots' ONNX (full-size checks one graph at a time on a small disk).
     ``warmup_size``: (height, width, frames) the torch runner warms up at before READY (default: the preset's).
+    ``tracks``: the PRECISION tracks the repository serves (default all; the others' entries load nothing, and are
+    neither exported nor quantized).
     """
     family = family_of(preset)
     start = time.perf_counter()
     # metadata only: the weights' values are not used, so only configs and shapes are loaded (meta device)
     components = family.components(model_dir, torch.float32 if onnx else None)
     geometry = family.geometry(components, preset)
-    write_repository(repository, family.name, geometry.experts, family.present_components(geometry))  # configs and model.py files
+    if tracks is not None:
+        unknown = sorted(set(tracks) - set(geometry.tracks))
+        if unknown:
+            raise ValueError(f"--tracks: unknown track(s) {', '.join(unknown)}; this model's: {', '.join(geometry.tracks)}")
+    write_repository(repository, family.name, geometry.experts, family.present_components(geometry), tracks)  # configs and model.py files
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
-    slots = family.slots_of(geometry)
+    left_out = {e for track, entries in geometry.tracks.items() if tracks is not None and track not in tracks for e in entries}
+    slots = tuple(slot for slot in family.slots_of(geometry) if slot.name not in left_out)
     warmup_values = family.warmup_values(geometry, *(warmup_size or ()))  # what a runner warms up before it is READY
     for slot in slots:
         source = {"family": family.name, "model_dir": str(Path(model_dir).resolve()), "slot": slot.name, "experts": geometry.experts,
@@ -228,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-prompts", type=int, default=None, help="use only the first N calibration prompts")
     parser.add_argument("--metadata-only", action="store_true", help="configs and metadata only (torch runner): no ONNX, no INT8")
     parser.add_argument("--slots", default=None, help="comma-separated: export only these slots' ONNX (default: all)")
+    parser.add_argument("--tracks", default=None, help="comma-separated PRECISION tracks to serve (default: all); the others' "
+                        "entries load nothing and refuse requests naming PRECISION")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
@@ -235,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = demo_model_dir(PRESETS[preset].family, args.random, args.tiny_dir) if args.tiny else args.weights
     recipe = Recipe.load(args.recipe) if args.recipe else None
     only = [name.strip() for name in args.slots.split(",")] if args.slots else None
+    tracks = [name.strip() for name in args.tracks.split(",")] if args.tracks else None
     export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only, only,
-                 args.calibration_method)
+                 args.calibration_method, tracks=tracks)
     return 0
 
 

@@ -128,13 +128,19 @@ RUNNER_PARAMETERS = {
 TORCH_DENOISER_PARAMETERS = {"compile": "default"}
 
 
-def served_tracks(family: str, experts: int, runner: str | None, optional: Collection[str] = ()) -> list[str]:
+def served_tracks(family: str, experts: int, runner: str | None, optional: Collection[str] = (), only: Collection[str] | None = None) -> list[str]:
     """The PRECISION tracks of a model with the optional components ``optional`` that ``runner`` serves (None:
-    every runner): those whose every entry the model has and the runner has kernels for (declaration order)."""
+    every runner): those whose every entry the model has and the runner has kernels for (declaration order);
+    ``only``: a deployment's choice among them (None: all)."""
     slots = {slot.name: slot for slot in get_family(family).layout(experts, optional)}
     tracks = get_family(family).tracks(experts)
-    return [track for track, entries in tracks.items()
-            if all(e in slots and (runner is None or unserved_reason(runner, slots[e]) is None) for e in entries)]
+    return [track for track, entries in tracks.items() if (only is None or track in only)
+            and all(e in slots and (runner is None or unserved_reason(runner, slots[e]) is None) for e in entries)]
+
+
+def not_deployed_reason(tracks: Collection[str]) -> str:
+    """Why an entry of a track left out of a deployment (``export --tracks``) refuses requests."""
+    return f"this deployment serves the tracks {', '.join(sorted(tracks))} only (export --tracks)"
 
 
 def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
@@ -220,9 +226,12 @@ LOOP_ENTRIES = ("scheduler", STREAM_MODEL)
 INSTANCE_COUNTS = {"scheduler": SCHEDULER_INSTANCES, "postprocess": POSTPROCESS_INSTANCES}
 
 
-def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> dict[str, str]:
+def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = (),
+                      tracks: Collection[str] | None = None) -> dict[str, str]:
     """Relative path -> file content for every generated file of a repository serving ``family``; ``optional``:
-    the optional components (``Slot.component``, e.g. a distilled student) the served model has."""
+    the optional components (``Slot.component``, e.g. a distilled student) the served model has; ``tracks``: the
+    PRECISION tracks this deployment serves (None: every track; the others' entries load nothing and refuse
+    requests naming PRECISION, so a host serving one track neither loads nor compiles the others)."""
     layout = get_family(family).layout(experts, optional)
     files = {f"{name}/1/model.py": _model_py(module) for name, (module, *_) in _python_entries(layout).items()}
     files.update({f"{slot.name}/1/model.py": _model_py("runner") for slot in layout})
@@ -230,19 +239,23 @@ def render_repository(family: str = DEFAULT_FAMILY, experts: int = 1, optional: 
     files["t2v/config.pbtxt"] = render_config("t2v", ensemble_inputs(), ENSEMBLE_OUTPUTS, platform="ensemble", extra=_ensemble_scheduling())
     files["t2v/1/.gitkeep"] = ""
     default = next(config for config in MODEL_CONFIGS if config.name is None)
-    defaults = render_configs(family, experts, optional, default)
+    defaults = render_configs(family, experts, optional, default, tracks)
     files.update({f"{name}/config.pbtxt": text for name, text in defaults.items()})
     for config in MODEL_CONFIGS:
         if config.name is not None:  # Triton reads config.pbtxt where an entry has no configs/<name>.pbtxt
-            rendered = render_configs(family, experts, optional, config)
+            rendered = render_configs(family, experts, optional, config, tracks)
             files.update({f"{name}/configs/{config.name}.pbtxt": text for name, text in rendered.items() if text != defaults[name]})
     return files
 
 
-def render_configs(family: str, experts: int, optional: Collection[str], config: ModelConfigSet) -> dict[str, str]:
-    """Entry -> its config text in the config set ``config`` (every entry but the ensemble)."""
+def render_configs(family: str, experts: int, optional: Collection[str], config: ModelConfigSet,
+                   tracks: Collection[str] | None = None) -> dict[str, str]:
+    """Entry -> its config text in the config set ``config`` (every entry but the ensemble); ``tracks``: as
+    ``render_repository``'s."""
     layout = get_family(family).layout(experts, optional)
-    every_track, served = (served_tracks(family, experts, runner, optional) for runner in (None, config.runner))
+    every_track, served = served_tracks(family, experts, None, optional), served_tracks(family, experts, config.runner, optional, tracks)
+    deployed = {e for track in served_tracks(family, experts, None, optional, tracks) for e in get_family(family).tracks(experts)[track]}
+    denoisers = {e for entries in get_family(family).tracks(experts).values() for e in entries}
     texts = {}
     for name, (_, inputs, outputs, params) in _python_entries(layout).items():
         if name == "preprocess" and served != every_track:  # PRECISION is validated against the tracks the runner serves
@@ -253,6 +266,14 @@ def render_configs(family: str, experts: int, optional: Collection[str], config:
                                         instance_kind=_kind(STREAM_MODEL, config), extra=DECOUPLED)
     for slot in layout:
         inputs, outputs = slot_tensors(slot)
+        if slot.name in denoisers - deployed:  # left out of this deployment in every set (no plan is built for it either)
+            reason: str | None = not_deployed_reason(tracks or ())
+        else:
+            reason = None if config.runner == "tensorrt" else unserved_reason(config.runner, slot)
+        if reason:  # no kernels for this track here, or not deployed: an entry that loads nothing and refuses requests
+            texts[slot.name] = render_config(slot.name, inputs, outputs, backend="python", parameters={"runner": "unavailable", "reason": reason},
+                                             max_batch_size=slot.max_batch)
+            continue
         if config.runner == "tensorrt":
             texts[slot.name] = render_config(slot.name, inputs, outputs, platform="tensorrt_plan", instance_kind="KIND_GPU",
                                              max_batch_size=slot.max_batch)
@@ -262,9 +283,6 @@ def render_configs(family: str, experts: int, optional: Collection[str], config:
             params = {**params, "device": "cpu"}
         if config.runner == "torch" and slot.max_batch:
             params = {**params, **TORCH_DENOISER_PARAMETERS}
-        reason = unserved_reason(config.runner, slot)
-        if reason:  # no kernels for this track here: an entry that loads nothing and refuses requests
-            params = {"runner": "unavailable", "reason": reason}
         texts[slot.name] = render_config(slot.name, inputs, outputs, backend="python", parameters=params, max_batch_size=slot.max_batch)
     return texts
 
@@ -338,15 +356,16 @@ def foreign_entries(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, 
     return sorted(p.parent.name for p in Path(root).glob("*/config.pbtxt") if p.parent.name not in wanted)
 
 
-def write_repository(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = ()) -> None:
-    """Write every generated file; refuse a repository that holds another model's entries."""
+def write_repository(root: Path, family: str = DEFAULT_FAMILY, experts: int = 1, optional: Collection[str] = (),
+                     tracks: Collection[str] | None = None) -> None:
+    """Write every generated file (``tracks``: as ``render_repository``'s); refuse a repository that holds another model's entries."""
     foreign = foreign_entries(root, family, experts, optional)
     if foreign:
         raise FileExistsError(
             f"{root} holds entries {', '.join(foreign)} that a {family} repository of this model does not have (another "
             "model's); export into an empty directory or remove them: Triton would try to load them"
         )
-    for rel, text in render_repository(family, experts, optional).items():
+    for rel, text in render_repository(family, experts, optional, tracks).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

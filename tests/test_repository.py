@@ -151,3 +151,28 @@ def test_engine_configs_match_exported_onnx(repository, geometry) -> None:
         assert [o.name for o in model.graph.output] == [t.name for t in outputs]
         for declared, actual in zip(inputs + outputs, list(model.graph.input) + list(model.graph.output)):
             assert len(declared.dims) == len(actual.type.tensor_type.shape.dim), f"{slot}.{declared.name} rank"
+
+
+@pytest.mark.parametrize("family,experts", FAMILY_LAYOUTS)
+def test_a_deployment_serves_the_tracks_it_names(family: str, experts: int) -> None:
+    """``export --tracks``: the other tracks' denoiser entries load nothing in every config set (no plan, no module,
+    no compile) and refuse requests naming PRECISION; preprocess lists the served tracks; the rest is unchanged."""
+    from t2vserve.repository import not_deployed_reason, served_tracks
+    from t2vserve.spec import QUANTIZED_TRACKS
+
+    tracks = get_family(family).tracks(experts)
+    present = served_tracks(family, experts, None)  # the tracks whose entries this layout has
+    keep = next(t for t in served_tracks(family, experts, "torch") if t not in QUANTIZED_TRACKS)  # full precision: every set serves it
+    dropped = [track for track in present if track != keep]
+    full, only = render_repository(family, experts), render_repository(family, experts, tracks=[keep])
+    left_out = {e for track in dropped for e in tracks[track]}
+    assert left_out and set(only) <= set(full)
+    for config in MODEL_CONFIGS:
+        for entry in left_out:
+            text = _effective(only, entry, config.name)
+            assert 'key: "runner" value: { string_value: "unavailable" }' in text and not_deployed_reason([keep]) in text
+        for entry in tracks[keep]:
+            assert _effective(only, entry, config.name) == _effective(full, entry, config.name)
+        assert f'key: "tracks" value: {{ string_value: "{keep}" }}' in _effective(only, "preprocess", config.name)
+    assert {rel: text for rel, text in only.items() if rel.split("/")[0] not in left_out | {"preprocess"}} == \
+        {rel: text for rel, text in full.items() if rel.split("/")[0] not in left_out | {"preprocess"}}

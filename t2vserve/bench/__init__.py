@@ -36,9 +36,10 @@ from .variants import run_variants
 
 
 def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int,
-                       size: tuple[int, int, int] | None = None) -> tuple[Path, Path]:
+                       size: tuple[int, int, int] | None = None, tracks: list[str] | None = None) -> tuple[Path, Path]:
     """(model dir, repository) for ``preset``: the tiny model of a tiny preset, else full size with random weights;
-    the runners warm up at ``size`` (height, width, frames; default the preset's), the size the benchmark requests."""
+    the runners warm up at ``size`` (height, width, frames; default the preset's), the size the benchmark requests;
+    ``tracks``: serve only these PRECISION tracks (the others' entries load and compile nothing)."""
     family = family_of(preset)
     if preset == family.tiny_preset:
         model_dir = ensure_tiny_model(family.name, work / "tiny", experts=experts) if experts > 1 else ensure_tiny_model(family.name)
@@ -48,7 +49,8 @@ def prepare_repository(preset: str, device: str, work: Path, runner: str, expert
         dtype = family.reference_dtype if device == "cuda" else torch.float32
         model_dir = family.build_full_size_model(work / preset, preset, dtype, device, experts=experts)
     repository = work / "model_repository"
-    export_model(model_dir, repository, preset, check=False, calibration_prompts=1, onnx=(runner == "onnxruntime"), warmup_size=size)
+    export_model(model_dir, repository, preset, check=False, calibration_prompts=1, onnx=(runner == "onnxruntime"), warmup_size=size,
+                 tracks=tracks)
     return model_dir, repository
 
 
@@ -57,7 +59,7 @@ def prefill(repository: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from ..compile_cache import fill
 
     geometry = load_geometry(repository)
-    entries = sorted({e for track in (args.precisions or list(geometry.tracks)) for e in geometry.tracks[track]})
+    entries = sorted({e for track in (args.precisions or args.serve_tracks or list(geometry.tracks)) for e in geometry.tracks[track]})
     return fill(repository, entries, args.runner, tuple(int(s) for s in args.sizes.split(",") if s), repository.parent)
 
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench.json")
     parser.add_argument("--work", type=Path, default=None, help="keep the model and repository here (default: a temporary directory)")
     parser.add_argument("--tracks-only", action="store_true", help="inprocess: only the --precisions tracks' denoiser steps")
+    parser.add_argument("--serve-tracks", type=lambda s: [t for t in s.split(",") if t] or None, default=None,
+                        help="export only these PRECISION tracks' entries (e.g. fp16): the others load and compile nothing")
     parser.add_argument("--sizes", default="", help="prefill: batch sizes to compile (e.g. 2: one CFG pair; default each entry's own)")
     parser.add_argument("--quality", type=Path, default=None,
                         help="variants: the CPU quality report (docs/quality.json) whose fidelity columns join the speed rows")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         preset = PRESETS[args.preset]
         size = (args.height or preset.height, args.width or preset.width, args.frames or preset.num_frames)
-        model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts, size)
+        model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts, size, args.serve_tracks)
         if args.part in ("inprocess", "all"):
             results["inprocess"] = run_inprocess(args, model_dir, repository)
             args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
