@@ -53,7 +53,7 @@ T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version_
 
 pa=/tmp/site/perf_analyzer/bin/perf_analyzer
 extra=()
-if [ "$part" = served ] && [ -x "$pa" ]; then extra=(--perf-analyzer "$pa"); fi
+if [ "$part" = served ] && [ -x "$pa" ] && [ "${PERF:-1}" = 1 ]; then extra=(--perf-analyzer "$pa"); fi  # PERF=0: skip it
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
   ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "${WORK:-/tmp/t2v-bench-$preset}" ${SIZES:+--sizes "$SIZES"} ${SERVE_TRACKS:+--serve-tracks "$SERVE_TRACKS"} ${QUALITY:+--quality "$QUALITY"} \

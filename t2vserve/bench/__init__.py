@@ -32,7 +32,7 @@ from .common import RunnerPipeline, bench_request, load_geometry, timed
 from .inprocess import run_inprocess, step_cache_clips
 from .report import markdown
 from .served import run_served
-from .variants import run_variants
+from .variants import attach_quality, run_variants
 
 
 def prepare_repository(preset: str, device: str, work: Path, runner: str, experts: int,
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="export only these PRECISION tracks' entries (e.g. fp16): the others load and compile nothing")
     parser.add_argument("--sizes", default="", help="prefill: batch sizes to compile (e.g. 2: one CFG pair; default each entry's own)")
     parser.add_argument("--quality", type=Path, default=None,
-                        help="variants: the CPU quality report (docs/quality.json) whose fidelity columns join the speed rows")
+                        help="variants, report: the CPU quality report (docs/quality.json) whose fidelity columns join the speed rows")
     parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="report: JSON files to merge")
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         merged: dict[str, Any] = {}
         for path in args.inputs:
             merged.update(json.loads(path.read_text()))
+        if args.quality and merged.get("variants"):  # a GPU run's speed rows joined to a CPU quality report made later
+            attach_quality(merged["variants"], json.loads(args.quality.read_text()))
         print(markdown(merged))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
