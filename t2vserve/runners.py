@@ -188,8 +188,11 @@ class TorchRunner:
                 log.warning("torch.compile failed (%s); running eagerly", exc)
                 self.forward = self.module
                 output = self.forward(*args)
-        output = output[:batch] if padded != batch else output
-        return {self.output_names[0]: output.float() if output.is_floating_point() else output}
+        owned = output[:batch] if padded != batch else output
+        result = owned.float() if owned.is_floating_point() else owned
+        if self.forward is not self.module and result.data_ptr() == output.data_ptr():
+            result = result.clone()  # a compiled module's output may be a CUDA graph's buffer, overwritten by its next replay
+        return {self.output_names[0]: result}
 
 
 def compiled_batch_sizes(max_batch: int, request_batch: int = CFG_BATCH) -> tuple[int, ...]:

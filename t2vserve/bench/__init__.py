@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = PRESETS[args.preset]
         size = (args.height or preset.height, args.width or preset.width, args.frames or preset.num_frames)
         model_dir, repository = prepare_repository(args.preset, args.device, work, args.runner, args.experts, size, args.serve_tracks)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the built model's memory goes back before prefill's processes or the server load (OOM seen)
         if args.part in ("inprocess", "all"):
             results["inprocess"] = run_inprocess(args, model_dir, repository)
             args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
