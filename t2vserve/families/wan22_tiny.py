@@ -50,6 +50,16 @@ TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
+#: The trained demo model's transformer (``Wan22Family.training_variant``): the plumbing model's widths are too
+#: small to learn the shapes world (49 k parameters); this one has 0.33 M, the same layout (TI2V-5B style, patch 2).
+TRAINED_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **TINY_TRANSFORMER_CONFIG,
+    "num_attention_heads": 4,
+    "attention_head_dim": 16,
+    "freq_dim": 64,
+    "ffn_dim": 256,
+    "num_layers": 4,
+}
 TINY_VAE_CONFIG: dict[str, Any] = {
     "base_dim": 8,
     "decoder_base_dim": 16,
@@ -107,12 +117,15 @@ def save_tiny_tokenizer(directory: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(directory))
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
+def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1, transformer: dict[str, Any] | None = None,
+                     vae: dict[str, Any] | None = None) -> Path:
     """Save a tiny random ``WanPipeline`` to ``out_dir``: TI2V-5B style (experts=1, ``expand_timesteps``)
     or A14B style (experts=2: ``transformer_2`` and ``boundary_ratio``). Deterministic per seed.
 
-    Both use the z48 VAE; the real A14B ships Wan2.1's z16 VAE (8x spatial, no patching), so code
-    reading these models takes channels and factors from the configs, never from constants here.
+    ``transformer`` / ``vae``: other configurations than ``TINY_TRANSFORMER_CONFIG`` / ``TINY_VAE_CONFIG``
+    (the trained demo model's: ``TRAINED_TRANSFORMER_CONFIG``). By default both layouts use the z48 VAE; the
+    real A14B ships Wan2.1's z16 VAE (8x spatial, no patching: ``Z16_VAE_CONFIG``), so code reading these
+    models takes channels and factors from the configs, never from constants here.
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -120,6 +133,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
     if experts not in (1, 2):
         raise ValueError(f"experts must be 1 or 2, not {experts}")
     out_dir = Path(out_dir)
+    vae = vae or TINY_VAE_CONFIG
+    transformer = {**(transformer or TINY_TRANSFORMER_CONFIG), "in_channels": vae["z_dim"], "out_channels": vae["z_dim"]}
     tokenizer = save_tiny_tokenizer(out_dir / "tokenizer")
     torch.manual_seed(seed)
     text_config = UMT5Config(
@@ -132,10 +147,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=UMT5EncoderModel(text_config),
-        vae=AutoencoderKLWan(**TINY_VAE_CONFIG),
+        vae=AutoencoderKLWan(**vae),
         scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG),
-        transformer=WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG),
-        transformer_2=WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG) if experts == 2 else None,
+        transformer=WanTransformer3DModel(**transformer),
+        transformer_2=WanTransformer3DModel(**transformer) if experts == 2 else None,
         boundary_ratio=BOUNDARY_RATIO if experts == 2 else None,
         expand_timesteps=experts == 1,
     )
