@@ -35,7 +35,7 @@ def test_training_variant_keeps_the_served_layout(trainer) -> None:
     """Wider than the plumbing model, same layout: the z48 VAE, patch 2, TI2V-5B style (what serving and export read)."""
     transformer, vae = trainer.denoiser.config, trainer.vae.config
     assert (transformer.in_channels, tuple(transformer.patch_size), vae.z_dim, vae.scale_factor_spatial) == (48, (1, 2, 2), 48, 16)
-    assert sum(p.numel() for p in trainer.denoiser.parameters()) > 5 * 49_184  # the plumbing transformer's size
+    assert trainer.denoiser.config.num_attention_heads * trainer.denoiser.config.attention_head_dim >= 2 * 2 * 48  # a token emits 192 values
 
 
 def test_the_vae_trains_on_its_decode_before_the_clamp(trainer) -> None:

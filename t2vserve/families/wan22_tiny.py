@@ -50,14 +50,16 @@ TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
-#: The trained demo model's transformer (``Wan22Family.training_variant``): the plumbing model's widths are too
-#: small to learn the shapes world (49 k parameters); this one has 0.33 M, the same layout (TI2V-5B style, patch 2).
+#: The trained demo model's transformer (``Wan22Family.training_variant``), same layout (TI2V-5B style, patch 2).
+#: The plumbing model's (width 32, 49 k parameters) cannot learn the shapes world; each token emits a 2x2 patch of
+#: the z48 latents, 192 values, so a width below that bottlenecks the output: on the CPU, width 64 stayed at loss
+#: 1.2 with motion at chance, 192 and 256 fell to 0.50 / 0.37 and followed colour and motion (docs/bench/train-wan22-cpu.md).
 TRAINED_TRANSFORMER_CONFIG: dict[str, Any] = {
     **TINY_TRANSFORMER_CONFIG,
-    "num_attention_heads": 4,
-    "attention_head_dim": 16,
+    "num_attention_heads": 8,
+    "attention_head_dim": 32,
     "freq_dim": 64,
-    "ffn_dim": 256,
+    "ffn_dim": 512,
     "num_layers": 4,
 }
 TINY_VAE_CONFIG: dict[str, Any] = {
@@ -76,6 +78,16 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     # Fixed "random-ish" statistics in the ranges of the real z48 VAE's.
     "latents_mean": [round(0.5 * math.sin(1.7 * i), 4) for i in range(Z_DIM)],
     "latents_std": [round(0.8 + 0.4 * math.cos(0.9 * i), 4) for i in range(Z_DIM)],
+}
+#: Wan2.1's z16 VAE at toy widths (8x spatial, 4x temporal, no patching): what the real Wan2.2-T2V-A14B ships.
+Z16_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 8,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [round(0.3 * math.sin(1.3 * i), 4) for i in range(16)],
+    "latents_std": [round(1.0 + 0.5 * math.cos(0.7 * i), 4) for i in range(16)],
 }
 #: Wan2.2's scheduler: UniPC on flow-matching sigmas.
 SCHEDULER_CONFIG: dict[str, Any] = {

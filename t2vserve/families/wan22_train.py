@@ -22,9 +22,12 @@ from .wan22_modules import TextEncoderGraph
 
 
 #: ``TrainConfig`` fields of the wan22 demo model's training (``Wan22Family.training_recipe``), measured on the CPU
-#: (docs/bench/train-wan22-cpu.md): the z48 VAE stalls at background-only frames at unet3d's 1e-3 even unclamped;
-#: at 3e-4 with the foreground weighting its shapes appear.
-TRAINING_RECIPE: dict[str, Any] = {"vae_lr": 3e-4, "vae_foreground_weight": 10.0}
+#: (docs/bench/train-wan22-cpu.md). The foreground weighting: without it the z48 VAE's frames stay background-only
+#: for hundreds of steps (shapes' MSE 0.85 after 300 steps of 8 clips; 0.47 with it). Steps and the VAE's share of
+#: ``--max-seconds``, for one GPU call with ``--max-seconds 500``: the VAE at its measured 5.5 steps/s of 32 clips
+#: on an H100 (1,250 steps, 227 s; stopped at 225 s), the transformer's 2,500 steps of 64 in the remaining 275 s
+#: (estimated 9-10 steps/s; where slower, the deadline stops it and the schedule follows the clock).
+TRAINING_RECIPE: dict[str, Any] = {"vae_foreground_weight": 10.0, "vae_steps": 1250, "vae_share": 0.45, "steps": 2500}
 
 
 def decode_unclamped(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,27 @@ def after_warmup(step: int, total: int, warmup: int) -> float:
     return (step - warmup) / max(total - warmup, 1)
 
 
+class Deadline:
+    """A stage's time budget (``end`` None: none): when to stop, and how far the stage is in time."""
+
+    def __init__(self, end: float | None) -> None:
+        self.end = end
+        self.warm: float | None = None  # when the warm-up ended
+
+    def passed(self) -> bool:
+        return self.end is not None and time.perf_counter() > self.end
+
+    def progress(self, step: int, total: int, warmup: int) -> float:
+        """The learning-rate schedule's progress after the warm-up (called once per step): by steps, or by time where
+        the budget will stop the stage first, so a run cut short by it (a slower GPU than planned) still ends its decay."""
+        by_steps = after_warmup(step, total, warmup)
+        if self.end is None or step < warmup:
+            return by_steps
+        now = time.perf_counter()
+        self.warm = self.warm if self.warm is not None else now
+        return max(by_steps, (now - self.warm) / max(self.end - self.warm, 1e-9))
+
+
 class Ema:
     """Exponential moving average of a module's floating-point parameters."""
 
@@ -195,11 +216,12 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     # -- stage 1: VAE ------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(trainer.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     progress = Progress("vae", config.vae_steps, config.log_every, history)
+    deadline = Deadline(started + config.vae_share * budget if budget else None)
     vae_steps = 0
     for step in range(config.vae_steps):
         clips, _, _ = world.batch(config.vae_batch, rng, frames, config.size, dev, backgrounds=backgrounds)
         for group in optimizer.param_groups:
-            group["lr"] = config.vae_lr * lr_factor(step, after_warmup(step, config.vae_steps, config.warmup), config.warmup)
+            group["lr"] = config.vae_lr * lr_factor(step, deadline.progress(step, config.vae_steps, config.warmup), config.warmup)
         with autocast:
             loss, parts = trainer.vae_loss(clips, config.vae_foreground_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -208,7 +230,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
         optimizer.step()
         progress(step, loss, **parts)
         vae_steps = step + 1
-        if budget and time.perf_counter() - started > config.vae_share * budget:
+        if deadline.passed():
             log.warning("vae stage stopped at step %d: time budget", vae_steps)
             break
     trainer.vae.eval().requires_grad_(False)
@@ -225,18 +247,19 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
 
     emas = [Ema(trainer.text_encoder, config.ema_decay), Ema(trainer.denoiser, config.ema_decay)]
     progress = Progress("denoiser", config.steps, config.log_every, history)
+    deadline = Deadline(started + budget if budget else None)
     tokens = Tokens(trainer.tokenizer, family.clean_prompt)
     negative = PRESETS[family.tiny_preset].negative_prompt
     steps = 0
     for step in range(config.steps):
-        if budget and time.perf_counter() - started > budget:
+        if deadline.passed():
             log.warning("denoiser stage stopped after %d of %d steps: time budget", steps, config.steps)
             break
         clips, captions, attrs = world.batch(config.batch, rng, frames, config.size, dev, config.drop_caption, backgrounds)
         captioned = [bool(c) for c in captions]
         ids = tokens([c if c else negative for c in captions], dev)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, after_warmup(step, config.steps, config.warmup), config.warmup)
+            group["lr"] = config.lr * lr_factor(step, deadline.progress(step, config.steps, config.warmup), config.warmup)
         with autocast, attention():
             latents = trainer.encode(clips)
             text = trainer.text_embeddings(ids)

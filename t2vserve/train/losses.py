@@ -24,10 +24,10 @@ def autoencoder_loss(vae: nn.Module, images: torch.Tensor, decode: Callable[[tor
     """
     posterior = vae.encode(images).latent_dist
     recon = (decode or (lambda z: vae.decode(z).sample))(posterior.sample())
-    error = recon - images
-    weight = torch.ones_like(images[:, :1])
+    error = recon.float() - images.float()  # in FP32 under autocast too
+    weight = torch.ones_like(error[:, :1])
     if foreground_weight:
-        weight = 1 + foreground_weight * (images - images.mean(dim=(-2, -1), keepdim=True)).abs().mean(dim=1, keepdim=True)
+        weight = 1 + foreground_weight * (images.float() - images.float().mean(dim=(-2, -1), keepdim=True)).abs().mean(dim=1, keepdim=True)
         weight = weight / weight.mean()
     kl = posterior.kl().mean() / posterior.mean[0].numel()
     loss = (weight * error.square()).mean() + (weight * error.abs()).mean() + VAE_KL_WEIGHT * kl
