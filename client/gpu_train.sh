@@ -2,7 +2,8 @@
 # Train the tiny demo model(s) on a GPU machine without network (the workplace's device tool), in one call:
 #   bash client/gpu_train.sh WHEEL_DIR [FAMILY ...]        (default family: unet3d)
 # WHEEL_DIR holds the wheels the machine lacks (diffusers, av). Extra arguments for
-# ``python -m t2vserve.train`` go in TRAIN_ARGS (default "--max-seconds 540": the run fits one 10-minute call). Per family, results go
+# ``python -m t2vserve.train`` go in TRAIN_ARGS (default "--max-seconds 540": the run fits one 10-minute call; wan22, whose recipe
+# fills its budget: TRAIN_ARGS="--max-seconds 500 --eval-guidance 3 7" leaves a minute for the evaluation). Per family, results go
 # to ${OUT:-outputs}/train-<family>/: model.tar (the diffusers directory, to commit under
 # t2vserve/data/trained/<family>/), samples.tar (MP4 per quality prompt), adherence-<family>.json, train.log.
 set -euo pipefail

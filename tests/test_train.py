@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from t2vserve.export import trained_model_dir
 from t2vserve.families import get_family
+from t2vserve.train.fit import after_warmup
 
 
 @pytest.mark.parametrize("name", ["unet3d", "wan22"])
@@ -41,3 +43,15 @@ def test_the_shipped_demo_model_loads_as_diffusers_weights() -> None:
     assert pipe.vae.config.scaling_factor == log["vae_scaling_factor"]
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     assert size < 25e6
+
+
+def test_a_time_budget_that_binds_first_drives_the_learning_rate_schedule() -> None:
+    from t2vserve.train.fit import Deadline, lr_factor
+
+    assert Deadline(None).progress(110, 1010, 10) == 0.1  # no budget: by steps
+    deadline = Deadline(time.perf_counter() + 0.2)
+    assert deadline.progress(5, 1000, 10) == after_warmup(5, 1000, 10) and not deadline.passed()  # warm-up: by steps
+    assert deadline.progress(10, 1000, 10) < 0.5  # the warm-up ends: the time runs from here
+    time.sleep(0.25)
+    assert deadline.passed() and deadline.progress(11, 1000, 10) >= 1.0  # 1 of 990 steps, all of the time
+    assert lr_factor(11, deadline.progress(12, 1000, 10), 10) == pytest.approx(0.1)  # the cosine's floor

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from t2vserve.client import GenerationRequest, T2VClient
 from t2vserve.export import export_model
 from t2vserve.families import get_family
+from t2vserve.families.wan22_tiny import Z16_VAE_CONFIG
 from t2vserve.quality.metrics import clip_metrics
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import GEOMETRY_FILE, PRESETS, ModelGeometry
@@ -30,7 +31,9 @@ MEAN_LEVELS = 0.05
 
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory):
-    return get_family("wan22").build_tiny_model(tmp_path_factory.mktemp("wan") / "tiny-wan22")
+    """The layout of the trained demo model (the wider transformer of ``training_variant``), random weights."""
+    family = get_family("wan22")
+    return family.build_tiny_model(tmp_path_factory.mktemp("wan") / "tiny-wan22", **family.training_variant())
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +182,8 @@ def test_quantized_tracks_run_their_q_dq_graphs(wan_server, wan_repository, trac
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def experts_dir(tmp_path_factory):
-    return get_family("wan22").build_tiny_model(tmp_path_factory.mktemp("wan2") / "tiny-wan22-a14b", seed=1, experts=2)
+    """A14B as it ships: two experts over Wan2.1's z16 VAE (8x spatial, no patching)."""
+    return get_family("wan22").build_tiny_model(tmp_path_factory.mktemp("wan2") / "tiny-wan22-a14b", seed=1, experts=2, vae=Z16_VAE_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +199,7 @@ def test_two_experts_switch_at_the_boundary_like_wan_pipeline(experts_server, ex
 
     server, geometry = experts_server
     assert geometry.tracks["bf16"] == ["transformer", "transformer_2"] and geometry.boundary_ratio == 0.875
+    assert (geometry.latent_channels, geometry.vae_scale_factor, geometry.pixel_multiple) == (16, 8, 16)  # from the z16 VAE's config
     assert geometry.tracks["fp8"] == ["transformer_fp8", "transformer_2_fp8"]
 
     def executions() -> dict[str, int]:

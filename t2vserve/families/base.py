@@ -234,6 +234,10 @@ class Family:
         """``build_tiny_model`` keyword arguments of a model that is going to be trained (e.g. its schedule)."""
         return {}
 
+    def training_recipe(self) -> dict[str, Any]:
+        """``TrainConfig`` fields this family trains with, over the defaults (the unet3d demo model's)."""
+        return {}
+
     def trainer(self, components: Any, device: torch.device) -> Any:
         """The family's training adapter (VAE loss, latents, text embeddings, denoiser loss): ``t2vserve.train``."""
         raise NotImplementedError(f"the {self.name} family has no trainer")

@@ -44,8 +44,8 @@ class UNet3DTrainer:
     def _frames(clips: torch.Tensor) -> torch.Tensor:
         return clips.flatten(0, 1)  # [B, F, 3, H, W] -> [B*F, 3, H, W]
 
-    def vae_loss(self, clips: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return autoencoder_loss(self.vae, self._frames(clips))
+    def vae_loss(self, clips: torch.Tensor, foreground_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return autoencoder_loss(self.vae, self._frames(clips), foreground_weight=foreground_weight)
 
     @torch.no_grad()
     def fit_latent_scale(self, clips: torch.Tensor) -> float:

@@ -125,6 +125,16 @@ class Wan22Family(Family):
             scheduler_config=components.scheduler_config,
         )
 
+    def training_variant(self) -> dict[str, Any]:
+        from .wan22_tiny import TRAINED_TRANSFORMER_CONFIG
+
+        return {"transformer": TRAINED_TRANSFORMER_CONFIG}
+
+    def training_recipe(self) -> dict[str, Any]:
+        from .wan22_train import TRAINING_RECIPE
+
+        return TRAINING_RECIPE
+
     def trainer(self, components: Any, device: torch.device) -> Any:
         from .wan22_train import Wan22Trainer
 
@@ -142,7 +152,8 @@ class Wan22Family(Family):
     def build_tiny_model(self, out_dir: Path, seed: int = 0, **variant: Any) -> Path:
         from .wan22_tiny import build_tiny_model
 
-        return build_tiny_model(Path(out_dir), seed=seed, experts=int(variant.get("experts", 1)))
+        return build_tiny_model(Path(out_dir), seed=seed, experts=int(variant.get("experts", 1)), transformer=variant.get("transformer"),
+                                vae=variant.get("vae"))
 
     def build_full_size_model(self, out_dir: Path, preset: str, dtype: torch.dtype, device: str, **variant: Any) -> Path:
         """TI2V-5B (experts=1) or the A14B two-expert layout (experts=2) with random weights and a UMT5-XXL encoder.

@@ -50,6 +50,18 @@ TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
+#: The trained demo model's transformer (``Wan22Family.training_variant``), same layout (TI2V-5B style, patch 2).
+#: The plumbing model's (width 32, 49 k parameters) cannot learn the shapes world; each token emits a 2x2 patch of
+#: the z48 latents, 192 values, so a width below that bottlenecks the output: on the CPU, width 64 stayed at loss
+#: 1.2 with motion at chance, 192 and 256 fell to 0.50 / 0.37 and followed colour and motion (docs/bench/train-wan22-cpu.md).
+TRAINED_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **TINY_TRANSFORMER_CONFIG,
+    "num_attention_heads": 8,
+    "attention_head_dim": 32,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 4,
+}
 TINY_VAE_CONFIG: dict[str, Any] = {
     "base_dim": 8,
     "decoder_base_dim": 16,
@@ -66,6 +78,16 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     # Fixed "random-ish" statistics in the ranges of the real z48 VAE's.
     "latents_mean": [round(0.5 * math.sin(1.7 * i), 4) for i in range(Z_DIM)],
     "latents_std": [round(0.8 + 0.4 * math.cos(0.9 * i), 4) for i in range(Z_DIM)],
+}
+#: Wan2.1's z16 VAE at toy widths (8x spatial, 4x temporal, no patching): what the real Wan2.2-T2V-A14B ships.
+Z16_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 8,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [round(0.3 * math.sin(1.3 * i), 4) for i in range(16)],
+    "latents_std": [round(1.0 + 0.5 * math.cos(0.7 * i), 4) for i in range(16)],
 }
 #: Wan2.2's scheduler: UniPC on flow-matching sigmas.
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -107,12 +129,15 @@ def save_tiny_tokenizer(directory: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(directory))
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
+def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1, transformer: dict[str, Any] | None = None,
+                     vae: dict[str, Any] | None = None) -> Path:
     """Save a tiny random ``WanPipeline`` to ``out_dir``: TI2V-5B style (experts=1, ``expand_timesteps``)
     or A14B style (experts=2: ``transformer_2`` and ``boundary_ratio``). Deterministic per seed.
 
-    Both use the z48 VAE; the real A14B ships Wan2.1's z16 VAE (8x spatial, no patching), so code
-    reading these models takes channels and factors from the configs, never from constants here.
+    ``transformer`` / ``vae``: other configurations than ``TINY_TRANSFORMER_CONFIG`` / ``TINY_VAE_CONFIG``
+    (the trained demo model's: ``TRAINED_TRANSFORMER_CONFIG``). By default both layouts use the z48 VAE; the
+    real A14B ships Wan2.1's z16 VAE (8x spatial, no patching: ``Z16_VAE_CONFIG``), so code reading these
+    models takes channels and factors from the configs, never from constants here.
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -120,6 +145,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
     if experts not in (1, 2):
         raise ValueError(f"experts must be 1 or 2, not {experts}")
     out_dir = Path(out_dir)
+    vae = vae or TINY_VAE_CONFIG
+    transformer = {**(transformer or TINY_TRANSFORMER_CONFIG), "in_channels": vae["z_dim"], "out_channels": vae["z_dim"]}
     tokenizer = save_tiny_tokenizer(out_dir / "tokenizer")
     torch.manual_seed(seed)
     text_config = UMT5Config(
@@ -132,10 +159,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0, experts: int = 1) -> Path:
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=UMT5EncoderModel(text_config),
-        vae=AutoencoderKLWan(**TINY_VAE_CONFIG),
+        vae=AutoencoderKLWan(**vae),
         scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG),
-        transformer=WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG),
-        transformer_2=WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG) if experts == 2 else None,
+        transformer=WanTransformer3DModel(**transformer),
+        transformer_2=WanTransformer3DModel(**transformer) if experts == 2 else None,
         boundary_ratio=BOUNDARY_RATIO if experts == 2 else None,
         expand_timesteps=experts == 1,
     )

@@ -21,6 +21,36 @@ from ..train.losses import autoencoder_loss
 from .wan22_modules import TextEncoderGraph
 
 
+#: ``TrainConfig`` fields of the wan22 demo model's training (``Wan22Family.training_recipe``), measured on the CPU
+#: (docs/bench/train-wan22-cpu.md). The foreground weighting: without it the z48 VAE's frames stay background-only
+#: for hundreds of steps (shapes' MSE 0.85 after 300 steps of 8 clips; 0.47 with it). Steps and the VAE's share of
+#: ``--max-seconds``, for one GPU call with ``--max-seconds 500``: the VAE at its measured 5.5 steps/s of 32 clips
+#: on an H100 (1,250 steps, 227 s; stopped at 225 s), the transformer's 2,500 steps of 64 in the remaining 275 s
+#: (estimated 9-10 steps/s; where slower, the deadline stops it and the schedule follows the clock).
+TRAINING_RECIPE: dict[str, Any] = {"vae_foreground_weight": 10.0, "vae_steps": 1250, "vae_share": 0.45, "steps": 2500}
+
+
+def decode_unclamped(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(latents).sample`` before its final clamp to [-1, 1] (what the VAE is trained on).
+
+    ``AutoencoderKLWan`` clamps its output, so every value beyond [-1, 1] gets no gradient: the shapes
+    world's black and white backgrounds sit at exactly -1 and +1, a decoder that overshoots them stops
+    learning there, and a shape drawn over such a region never gets any gradient either (the VAE stalls
+    at background-only frames). The decoder's per-latent-frame outputs are caught by a hook and put back
+    together as ``_decode`` does (concatenated in time, unpatchified); the clamp of that equals the decode.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    chunks: list[torch.Tensor] = []
+    handle = vae.decoder.register_forward_hook(lambda _module, _inputs, output: chunks.append(output))
+    try:
+        vae.decode(latents)
+    finally:
+        handle.remove()
+    video = torch.cat(chunks, dim=2)
+    return unpatchify(video, patch_size=vae.config.patch_size) if vae.config.patch_size else video
+
+
 class Wan22Trainer:
     """Losses and latents of one wan22 model (components loaded in FP32 on ``device``)."""
 
@@ -48,8 +78,8 @@ class Wan22Trainer:
     def _video(clips: torch.Tensor) -> torch.Tensor:
         return clips.transpose(1, 2)  # [B, F, 3, H, W] -> [B, 3, F, H, W]
 
-    def vae_loss(self, clips: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return autoencoder_loss(self.vae, self._video(clips))
+    def vae_loss(self, clips: torch.Tensor, foreground_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return autoencoder_loss(self.vae, self._video(clips), lambda z: decode_unclamped(self.vae, z), foreground_weight)
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The config's per-channel latent mean and std as [1, z, 1, 1, 1] tensors on the device."""
@@ -71,13 +101,27 @@ class Wan22Trainer:
 
     @torch.no_grad()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """Clips [B, F, 3, H, W] in [-1, 1] -> normalised latents [B, z, f, h, w] (WanPipeline's)."""
+        """Clips [B, F, 3, H, W] in [-1, 1] -> normalised latents [B, z, f, h, w] (WanPipeline's).
+
+        The posterior's mode, as Wan's own VAE encodes (its ``encode`` returns ``mu``) and as the statistics
+        are fitted: the tiny VAE's posterior std stays near its initial 1 while the per-channel spread of
+        the mode is 0.2-2, so a sample divided by that spread was 40-85 % noise (normalised variance 2-12
+        instead of 1) that the transformer cannot predict (its loss sat at 2.56 on the GPU).
+        """
         mean, std = self._latent_stats
-        return (self.vae.encode(self._video(clips)).latent_dist.sample() - mean) / std
+        return (self.vae.encode(self._video(clips)).latent_dist.mode() - mean) / std
 
     # -- stage 2: text encoder and transformer -----------------------------------------------------
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids)
+        """The served text encoder's output [B, 512, D], computed over the batch's longest prompt only.
+
+        Positions after a prompt's tokens are masked out of attention and zeroed, so the encoder run on
+        the first ``n`` ids and zero-padded back equals the full run (tested); the 512-token self-attention
+        it skips was most of a training step's time on the CPU (1.5 s of CPU for 16 captions).
+        """
+        length = int(input_ids.ne(self.text.pad_token_id).sum(dim=1).max())
+        hidden = self.text(input_ids[:, :max(length, 1)])
+        return F.pad(hidden, (0, 0, 0, input_ids.shape[1] - hidden.shape[1]))
 
     def denoiser_loss(self, latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Flow-matching MSE: x_s = (1 - s) x0 + s noise, target noise - x0, s drawn through ``flow_shift``."""

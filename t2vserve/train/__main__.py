@@ -36,22 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seeds", type=int, nargs="*", default=None)
     parser.add_argument("--eval-guidance", type=float, nargs="*", default=[],
                         help="also evaluate at these guidance scales (summaries under guidance_sweep)")
+    parser.add_argument("--eval-background", default=None, help="evaluate every quality prompt on this background (a model trained on one)")
     dataclass_flags(parser, TrainConfig, skip=("family",))
     args = parser.parse_args(argv)
     quiet_logging()
-    config = TrainConfig(family=args.family, **{**(SMOKE if args.smoke else {}), **given(args, TrainConfig, skip=("family",))})
+    config = TrainConfig.for_family(args.family, **{**(SMOKE if args.smoke else {}), **given(args, TrainConfig, skip=("family",))})
     summary = train(config, args.out, args.device)
     if args.evaluate:
         start = time.perf_counter()
-        report = evaluate(args.out, args.family, args.device, args.eval_seeds, args.out.parent / f"samples-{args.family}")
-        report["guidance_sweep"] = [{k: v for k, v in evaluate(args.out, args.family, args.device, args.eval_seeds,
-                                                             guidance_scale=g).items() if k != "clips"} for g in args.eval_guidance]
+        background = args.eval_background
+        report = evaluate(args.out, args.family, args.device, args.eval_seeds, args.out.parent / f"samples-{args.family}", background=background)
+        report["guidance_sweep"] = [{k: v for k, v in evaluate(args.out, args.family, args.device, args.eval_seeds, guidance_scale=g,
+                                                             background=background).items() if k != "clips"} for g in args.eval_guidance]
         report["seconds"] = time.perf_counter() - start
         (args.out.parent / f"adherence-{args.family}.json").write_text(json.dumps(report, indent=1) + "\n")
         for run in [report, *report["guidance_sweep"]]:
             for group, values in run["summary"].items():
                 print(f"adherence {group} (guidance {run['guidance_scale']}): " + ", ".join(f"{k} {v:.0%}" for k, v in values.items()))
-    print(f"final loss {summary['final_loss']:.5f} after {summary['steps']} steps in {summary['seconds']:.0f} s")
+    if summary["final_loss"] is not None:
+        print(f"final loss {summary['final_loss']:.5f} after {summary['steps']} steps in {summary['seconds']:.0f} s")
     return 0
 
 

@@ -3,8 +3,9 @@
 Stage 1 fits the VAE (to frames or whole clips, as the family's adapter says) and sets its latent scale
 from the latents' spread.
 Stage 2 trains the text encoder and the denoiser jointly on the frozen VAE's latents, with 10 %
-of captions dropped (the empty prompt is the server's default negative prompt, so classifier-free
-guidance works) and small auxiliary heads that predict colour, shape and motion from the pooled
+of captions replaced by the tiny preset's default negative prompt (what the server's unconditional
+branch gets when a request names none: empty for unet3d, Wan's own for wan22), so classifier-free
+guidance works and small auxiliary heads that predict colour, shape and motion from the pooled
 text embedding (they only speed up the text encoder's start and are not saved). An EMA of the
 weights is what gets saved. Everything is seeded; loss is logged with throughput and ETA.
 """
@@ -37,7 +38,8 @@ TRAIN_LOG = "train_log.json"
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run (the defaults are the committed demo model's)."""
+    """Hyper-parameters of one training run (the defaults are the committed unet3d demo model's; a family's
+    ``training_recipe`` overrides some of them: ``TrainConfig.for_family``)."""
 
     family: str = "unet3d"
     seed: int = 0
@@ -46,6 +48,8 @@ class TrainConfig:
     vae_steps: int = 1000
     vae_batch: int = 32
     vae_lr: float = 1e-3
+    vae_foreground_weight: float = 0.0  # > 0: reconstruction errors weighted up where a pixel differs from its frame's mean colour
+    vae_share: float = 0.25  # with max_seconds: the VAE stage stops at this share of it
     steps: int = 3000
     batch: int = 64
     lr: float = 8e-4
@@ -54,7 +58,16 @@ class TrainConfig:
     aux_weight: float = 0.1
     ema_decay: float = 0.999
     log_every: int = 100
-    max_seconds: float = 0.0  # 0: none; else a safety stop: the VAE stage ends at 1/4 of it, training at all of it
+    max_seconds: float = 0.0  # 0: none; else a safety stop: the VAE stage ends at vae_share of it, training at all of it
+    backgrounds: str = ""  # comma-separated world backgrounds to train on (e.g. "black" for short CPU runs); "": all
+
+    @classmethod
+    def for_family(cls, family: str, **overrides: Any) -> "TrainConfig":
+        """The family's recipe (``Family.training_recipe``) over the defaults, then ``overrides``."""
+        return cls(family=family, **{**get_family(family).training_recipe(), **overrides})
+
+    def background_names(self) -> list[str] | None:
+        return [name.strip() for name in self.backgrounds.split(",") if name.strip()] or None
 
 
 def lr_factor(step: int, progress: float, warmup: int) -> float:
@@ -66,6 +79,27 @@ def lr_factor(step: int, progress: float, warmup: int) -> float:
 
 def after_warmup(step: int, total: int, warmup: int) -> float:
     return (step - warmup) / max(total - warmup, 1)
+
+
+class Deadline:
+    """A stage's time budget (``end`` None: none): when to stop, and how far the stage is in time."""
+
+    def __init__(self, end: float | None) -> None:
+        self.end = end
+        self.warm: float | None = None  # when the warm-up ended
+
+    def passed(self) -> bool:
+        return self.end is not None and time.perf_counter() > self.end
+
+    def progress(self, step: int, total: int, warmup: int) -> float:
+        """The learning-rate schedule's progress after the warm-up (called once per step): by steps, or by time where
+        the budget will stop the stage first, so a run cut short by it (a slower GPU than planned) still ends its decay."""
+        by_steps = after_warmup(step, total, warmup)
+        if self.end is None or step < warmup:
+            return by_steps
+        now = time.perf_counter()
+        self.warm = self.warm if self.warm is not None else now
+        return max(by_steps, (now - self.warm) / max(self.end - self.warm, 1e-9))
 
 
 class Ema:
@@ -104,7 +138,10 @@ class _AuxHeads(nn.Module):
         if not rows:
             return text.sum() * 0
         index = torch.tensor(rows).to(text.device, non_blocking=True)
-        pooled = text.float().mean(dim=1).index_select(0, index)
+        # mean over the positions that carry text: all of CLIP's; Wan's embeddings are zero after the prompt's
+        # tokens (about 20 of 512), and a plain mean would shrink the heads' input 25-fold
+        carries = text.detach().float().abs().sum(dim=-1, keepdim=True).gt(0).float()
+        pooled = ((text.float() * carries).sum(dim=1) / carries.sum(dim=1).clamp(min=1)).index_select(0, index)
         total = text.new_zeros((), dtype=torch.float32)
         for name, head in self.heads.items():
             labels = torch.tensor([self.labels[name].index(getattr(attrs[i], name)) for i in rows])
@@ -174,28 +211,30 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     budget = config.max_seconds
+    backgrounds = config.background_names()
 
     # -- stage 1: VAE ------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(trainer.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     progress = Progress("vae", config.vae_steps, config.log_every, history)
+    deadline = Deadline(started + config.vae_share * budget if budget else None)
     vae_steps = 0
     for step in range(config.vae_steps):
-        clips, _, _ = world.batch(config.vae_batch, rng, frames, config.size, dev)
+        clips, _, _ = world.batch(config.vae_batch, rng, frames, config.size, dev, backgrounds=backgrounds)
         for group in optimizer.param_groups:
-            group["lr"] = config.vae_lr * lr_factor(step, after_warmup(step, config.vae_steps, config.warmup), config.warmup)
+            group["lr"] = config.vae_lr * lr_factor(step, deadline.progress(step, config.vae_steps, config.warmup), config.warmup)
         with autocast:
-            loss, parts = trainer.vae_loss(clips)
+            loss, parts = trainer.vae_loss(clips, config.vae_foreground_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.vae.parameters(), 1.0)
         optimizer.step()
         progress(step, loss, **parts)
         vae_steps = step + 1
-        if budget and time.perf_counter() - started > 0.25 * budget:
+        if deadline.passed():
             log.warning("vae stage stopped at step %d: time budget", vae_steps)
             break
     trainer.vae.eval().requires_grad_(False)
-    clips, _, _ = world.batch(64, rng, frames, config.size, dev)
+    clips, _, _ = world.batch(64, rng, frames, config.size, dev, backgrounds=backgrounds)
     scale = trainer.fit_latent_scale(clips)
     log.info("VAE scaling_factor %.5f", scale)
     vae_seconds = time.perf_counter() - started
@@ -208,21 +247,24 @@ def train(config: TrainConfig, out_dir: Path, device: str = "cpu") -> dict[str, 
 
     emas = [Ema(trainer.text_encoder, config.ema_decay), Ema(trainer.denoiser, config.ema_decay)]
     progress = Progress("denoiser", config.steps, config.log_every, history)
+    deadline = Deadline(started + budget if budget else None)
     tokens = Tokens(trainer.tokenizer, family.clean_prompt)
+    negative = PRESETS[family.tiny_preset].negative_prompt
     steps = 0
     for step in range(config.steps):
-        if budget and time.perf_counter() - started > budget:
+        if deadline.passed():
             log.warning("denoiser stage stopped after %d of %d steps: time budget", steps, config.steps)
             break
-        clips, captions, attrs = world.batch(config.batch, rng, frames, config.size, dev, config.drop_caption)
-        ids = tokens(captions, dev)
+        clips, captions, attrs = world.batch(config.batch, rng, frames, config.size, dev, config.drop_caption, backgrounds)
+        captioned = [bool(c) for c in captions]
+        ids = tokens([c if c else negative for c in captions], dev)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, after_warmup(step, config.steps, config.warmup), config.warmup)
+            group["lr"] = config.lr * lr_factor(step, deadline.progress(step, config.steps, config.warmup), config.warmup)
         with autocast, attention():
             latents = trainer.encode(clips)
             text = trainer.text_embeddings(ids)
             diffusion = trainer.denoiser_loss(latents, text)
-            aux_loss = aux.loss(text, attrs, [bool(c) for c in captions])
+            aux_loss = aux.loss(text, attrs, captioned)
             loss = diffusion + config.aux_weight * aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

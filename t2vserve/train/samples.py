@@ -8,6 +8,7 @@ the same things through the server.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,21 @@ class Variant:
                                d["HEIGHT"], d["WIDTH"], d["NUM_FRAMES"], d["FPS"], d["PRECISION"], p.sampler)
 
 
+def on_background(entry: dict[str, Any], background: str | None) -> dict[str, Any]:
+    """A quality-set entry with its prompt's background replaced (None: as it is): for models trained on one background."""
+    if background is None:
+        return entry
+    return {**entry, "prompt": re.sub(r"on a \w+ background", f"on a {background} background", entry["prompt"])}
+
+
 @torch.no_grad()
 def sample_quality_set(pipeline: InProcessPipeline, variant: Variant, seeds: list[int], prompts: int | None = None,
-                       out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """One clip per quality prompt (the first ``prompts``; None: all) and seed: reading, match, seconds and the video."""
+                       out_dir: Path | None = None, background: str | None = None) -> list[dict[str, Any]]:
+    """One clip per quality prompt (the first ``prompts``; None: all; ``background``: on that background) and seed:
+    reading, match, seconds and the video."""
     quality_set, geometry = load_quality_set(), pipeline.geometry
     rows = []
-    for entry in quality_set["prompts"][:prompts]:
+    for entry in (on_background(e, background) for e in quality_set["prompts"][:prompts]):
         for seed in seeds:
             request = variant.request(geometry, entry["prompt"], seed)
             start = time.perf_counter()
@@ -81,14 +90,16 @@ def _pipeline(model_dir: Path, family: str, device: str) -> InProcessPipeline:
 
 
 def evaluate(model_dir: Path, family: str, device: str = "cpu", seeds: list[int] | None = None,
-             out_dir: Path | None = None, precision: str | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
+             out_dir: Path | None = None, precision: str | None = None, guidance_scale: float | None = None,
+             background: str | None = None) -> dict[str, Any]:
     """Adherence of ``model_dir`` on the quality prompts (seen and held-out), in-process with torch modules.
 
-    ``precision`` None: the model's default track; ``guidance_scale`` None: the track's default (the tiny preset's).
+    ``precision`` None: the model's default track; ``guidance_scale`` None: the track's default (the tiny preset's);
+    ``background``: every prompt on that background (a model trained on one).
     """
     pipeline = _pipeline(model_dir, family, device)
     variant = Variant("evaluate", precision, guidance_scale=guidance_scale)
-    rows = sample_quality_set(pipeline, variant, seeds or load_quality_set()["seeds"], out_dir=out_dir)
+    rows = sample_quality_set(pipeline, variant, seeds or load_quality_set()["seeds"], out_dir=out_dir, background=background)
     guidance = rows[0]["guidance_scale"]
     return {"guidance_scale": guidance, "summary": adherence_summary(rows),
             "clips": [{k: v for k, v in r.items() if k not in ("video", "steps", "guidance_scale")} for r in rows]}

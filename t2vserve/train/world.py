@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -136,10 +136,10 @@ _CHOICES = {held_out: combinations(held_out) for held_out in (False, True)}
 _BACKGROUND_NAMES = list(BACKGROUNDS)
 
 
-def sample_attributes(rng: random.Random, held_out: bool = False) -> Attributes:
-    """A random clip of the training combinations (``held_out``: of the held-out ones)."""
+def sample_attributes(rng: random.Random, held_out: bool = False, backgrounds: Sequence[str] | None = None) -> Attributes:
+    """A random clip of the training combinations (``held_out``: of the held-out ones) on one of ``backgrounds`` (None: all)."""
     colour, shape, motion = rng.choice(_CHOICES[held_out])
-    return Attributes(colour, shape, motion, rng.choice(_BACKGROUND_NAMES))
+    return Attributes(colour, shape, motion, rng.choice(backgrounds or _BACKGROUND_NAMES))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,9 +213,10 @@ def render(attrs: list[Attributes], frames: int = 8, size: int = 64, seed: int =
 
 
 def batch(n: int, rng: random.Random, frames: int = 8, size: int = 64, device: str | torch.device = "cpu",
-          drop_caption: float = 0.0) -> tuple[torch.Tensor, list[str], list[Attributes]]:
-    """A training batch: clips in [-1, 1] [B, F, 3, H, W], captions ("" with probability ``drop_caption``), attributes."""
-    attrs = [sample_attributes(rng) for _ in range(n)]
+          drop_caption: float = 0.0, backgrounds: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str], list[Attributes]]:
+    """A training batch: clips in [-1, 1] [B, F, 3, H, W], captions ("" with probability ``drop_caption``), attributes
+    (``backgrounds``: only these, e.g. a one-background world for short CPU runs; None: all)."""
+    attrs = [sample_attributes(rng, backgrounds=backgrounds) for _ in range(n)]
     captions = ["" if rng.random() < drop_caption else caption(a, rng) for a in attrs]
     clips = render(attrs, frames, size, seed=rng.randrange(2**31), device=device)
     return clips * 2 - 1, captions, attrs
