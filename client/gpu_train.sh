@@ -4,7 +4,7 @@
 # WHEEL_DIR holds the wheels the machine lacks (diffusers, av). Extra arguments for
 # ``python -m t2vserve.train`` go in TRAIN_ARGS (default "--max-seconds 540": the run fits one 10-minute call; wan22, whose recipe
 # fills its budget: TRAIN_ARGS="--max-seconds 500 --eval-guidance 3 7" leaves a minute for the evaluation). Per family, results go
-# to ${OUT:-outputs}/train-<family>/: model.tar (the diffusers directory, to commit under
+# to ${OUT:-outputs}/train-<family>/: model.tar (the diffusers directory, in 15-MiB parts where larger, to commit under
 # t2vserve/data/trained/<family>/), samples.tar (MP4 per quality prompt), adherence-<family>.json, train.log.
 set -euo pipefail
 wheels=$1; shift
@@ -23,6 +23,8 @@ for family in "${families[@]}"; do
   "${timer[@]}" python3 -m t2vserve.train --family "$family" --device cuda --out "$work/$family" --evaluate ${TRAIN_ARGS:---max-seconds 540} \
     2> >(grep -v "Writing model shards\|Loading weights" | tee "$dir/train.err" >&2) | tee "$dir/train.log"
   tar -C "$work" -cf "$dir/model.tar" "$family"
+  # files come back from the device machine at most 16 MiB each: larger tars return in parts (cat model.tar.part-* | tar -x)
+  if [ "$(stat -c %s "$dir/model.tar")" -gt 15728640 ]; then split -b 15M "$dir/model.tar" "$dir/model.tar.part-" && rm "$dir/model.tar"; fi
   tar -C "$work" -cf "$dir/samples.tar" "samples-$family"
   cp "$work/adherence-$family.json" "$dir/"
   ls -la "$dir"
