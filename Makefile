@@ -15,7 +15,7 @@ help:
 	@echo "make train-demo  train the demo model on the shapes world (GPU: DEVICE=cuda, about 8 minutes on an H100)"
 	@echo "make distill-demo  distil the demo model into its 4-step guidance-free student (GPU: DEVICE=cuda, 5 minutes + evaluation)"
 	@echo "make serve   serve model_repository/ on localhost:8000 (HTTP) / 8001 (gRPC)"
-	@echo "make quality INT8 vs full-precision fidelity through the server -> docs/quality.md (gated)"
+	@echo "make quality every track vs full precision through the server -> docs/quality.md (gated; MODEL=wan22: docs/quality-wan22.md)"
 	@echo "make bench   CPU benchmark: in-process vs served, concurrency 1/2/4 (GPU: client/gpu_bench.sh)"
 	@echo "make soak    bounded load on a loopback server: DURATION=600 CONCURRENCY=8 -> outputs/soak.json (+ .md)"
 	@echo "make model   build + export the tiny model into model_repository/"
@@ -48,10 +48,11 @@ train-demo: $(STAMP)
 distill-demo: $(STAMP)
 	$(BIN)/python -m t2vserve.train distill --device $(DEVICE) --out artifacts/distilled-unet3d --evaluate --max-seconds 300
 
-# Two gated reports: the standard tier's tracks (docs/quality.md) and the draft tier's (docs/quality-draft.md).
-quality: model
-	$(BIN)/python -m t2vserve.quality
-	$(BIN)/python -m t2vserve.quality --quality-set t2vserve/data/quality_set_draft.json --out docs/quality-draft.md
+# Two gated reports on MODEL's demo model (trained, shipped): the standard tier's tracks (docs/quality.md; other
+# families docs/quality-<family>.md) and the draft tier's (docs/quality[-<family>]-draft.md).
+quality: $(STAMP)
+	$(BIN)/python -m t2vserve.quality --model $(MODEL)
+	$(BIN)/python -m t2vserve.quality --model $(MODEL) --no-export --quality-set t2vserve/data/quality_set_draft.json
 
 sweep: $(STAMP)
 	$(BIN)/python -m t2vserve.quantize sweep

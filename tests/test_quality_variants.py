@@ -104,3 +104,16 @@ def test_gpu_speed_rows_follow_the_quality_variants() -> None:
     assert "| reference |" in rows["fp16"]
     with pytest.raises(ValueError, match="wan22 report"):
         attach_quality(results, {**quality, "family": "wan22"})
+
+
+def test_each_family_and_tier_writes_its_own_quality_report() -> None:
+    """``make quality MODEL=...`` never overwrites another family's or tier's report."""
+    from pathlib import Path
+
+    from t2vserve.families import DEFAULT_FAMILY, FAMILIES
+    from t2vserve.quality.report import default_report
+
+    sets = [QUALITY_SET, QUALITY_SET.with_name("quality_set_draft.json")]
+    names = {default_report(family, quality_set).name for family in FAMILIES for quality_set in sets}
+    assert len(names) == 2 * len(FAMILIES)
+    assert default_report(DEFAULT_FAMILY, QUALITY_SET) == Path(QUALITY_SET).parents[2] / "docs" / "quality.md"

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..client import T2VClient
-from ..demo import stage_times
-from ..export import QUANTIZATION_REPORT
+from ..demo import default_repository, stage_times
+from ..export import QUANTIZATION_REPORT, demo_model_dir, export_model
+from ..families import DEFAULT_FAMILY, FAMILIES, get_family
 from ..quantize import weight_bytes
 from ..server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
 from ..spec import GEOMETRY_FILE, ModelGeometry
@@ -211,22 +212,38 @@ def markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_report(family: str, quality_set: Path) -> Path:
+    """docs/quality[-<family>][-<tier>].md: the default family's standard set writes docs/quality.md."""
+    tier = quality_set.stem.removeprefix("quality_set").lstrip("_")
+    parts = ["quality", *([family] if family != DEFAULT_FAMILY else []), *([tier] if tier else [])]
+    return REPO_ROOT / "docs" / ("-".join(parts) + ".md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--model", choices=sorted(FAMILIES), default=None,
+                        help="export this family's demo model (the trained one where shipped) into its demo repository and evaluate it")
+    parser.add_argument("--no-export", action="store_true", help="with --model: the demo repository is exported already")
+    parser.add_argument("--repository", type=Path, default=None, help="default: --model's demo repository, else model_repository/")
     parser.add_argument("--quality-set", type=Path, default=QUALITY_SET)
     parser.add_argument("--limit", type=int, default=None, help="only the first N (prompt, seed) cases")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "quality.md", help="markdown report; JSON beside it")
+    parser.add_argument("--out", type=Path, default=None, help="markdown report, JSON beside it (default: docs/quality[-<family>][-<tier>].md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.model and not args.no_export:
+        family = get_family(args.model)
+        export_model(demo_model_dir(args.model), args.repository or default_repository(args.model), family.tiny_preset)
+    repository = args.repository or (default_repository(args.model) if args.model else DEFAULT_MODEL_REPOSITORY)
+    if args.out is None:
+        args.out = default_report(ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE).family, args.quality_set)
     given = argv if argv is not None else sys.argv[1:]
     command = "python -m t2vserve.quality " + " ".join(given) if given else "make quality"
     start = time.perf_counter()
     log_path = REPO_ROOT / "outputs" / "quality-tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with EmbeddedTritonServer(args.repository, log_path=log_path) as server:
+    with EmbeddedTritonServer(repository, log_path=log_path) as server:
         with T2VClient(server.grpc_url, "grpc") as client:
-            report = evaluate(client, load_quality_set(args.quality_set), args.repository, args.limit)
+            report = evaluate(client, load_quality_set(args.quality_set), repository, args.limit)
     text = markdown(report, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
