@@ -33,14 +33,21 @@ def test_smoke_training_saves_a_loadable_model_that_moved(tmp_path, name: str) -
     assert dict(trained.vae.config) != dict(initial.vae.config)  # the latent scale fitted to the data
 
 
-def test_the_shipped_demo_model_loads_as_diffusers_weights() -> None:
-    directory = trained_model_dir("unet3d")
-    assert directory is not None, "t2vserve/data/trained/unet3d is missing"
-    from diffusers import TextToVideoSDPipeline
+@pytest.mark.parametrize("name", ["unet3d", "wan22"])
+def test_the_shipped_demo_model_loads_as_diffusers_weights(tmp_path, name: str) -> None:
+    """Each family's trained demo model is a diffusers directory (``model_index.json`` names its pipeline), under 25 MB."""
+    directory = trained_model_dir(name)
+    assert directory is not None, f"t2vserve/data/trained/{name} is missing"
+    from diffusers import DiffusionPipeline
 
-    pipe = TextToVideoSDPipeline.from_pretrained(str(directory))
-    log = json.loads((directory / "train_log.json").read_text())
-    assert pipe.vae.config.scaling_factor == log["vae_scaling_factor"]
+    pipe = DiffusionPipeline.from_pretrained(str(directory))
+    assert type(pipe).__name__ == json.loads((directory / "model_index.json").read_text())["_class_name"]
+    assert json.loads((directory / "train_log.json").read_text())["config"]["family"] == name
+    family = get_family(name)
+    untrained = family.build_tiny_model(tmp_path / "untrained", **family.training_variant())
+    initial = {k: v for k, v in json.loads((untrained / "vae" / "config.json").read_text()).items() if not k.startswith("_")}
+    shipped = {k: v for k, v in json.loads((directory / "vae" / "config.json").read_text()).items() if k in initial}
+    assert shipped.keys() == initial.keys() and shipped != initial  # the latent scale fitted to the data
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     assert size < 25e6
 
