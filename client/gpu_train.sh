@@ -3,7 +3,7 @@
 #   bash client/gpu_train.sh WHEEL_DIR [FAMILY ...]        (default family: unet3d)
 # WHEEL_DIR holds the wheels the machine lacks (diffusers, av). Extra arguments for
 # ``python -m t2vserve.train`` go in TRAIN_ARGS (default "--max-seconds 540": the run fits one 10-minute call; wan22, whose recipe
-# fills its budget: TRAIN_ARGS="--max-seconds 500 --eval-guidance 3 7" leaves a minute for the evaluation). Per family, results go
+# fills its budget: TRAIN_ARGS="--max-seconds 470 --eval-guidance 3 7": the H100 call took 8:00 with its evaluation). Per family, results go
 # to ${OUT:-outputs}/train-<family>/: model.tar (the diffusers directory, in 15-MiB parts where larger, to commit under
 # t2vserve/data/trained/<family>/), samples.tar (MP4 per quality prompt), adherence-<family>.json, train.log.
 set -euo pipefail
