@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from t2vserve import engines
+from t2vserve import engines, engines_cli
 from t2vserve.engines import (
     BuilderSettings,
     BuildJob,
@@ -333,7 +333,7 @@ def test_refusal_message_names_plans_reasons_and_rebuild(repo) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# build/build_engines.py (engines.main) with injected backend and exec
+# build/build_engines.py (engines_cli.main) with injected backend and exec
 # --------------------------------------------------------------------------------------------------
 def _main(
     repo: Path, *argv: str, backend: FakeBackend | None = None, unavailable: bool = False, driver: str | None = "580.65.06"
@@ -346,7 +346,7 @@ def _main(
             raise TensorRTUnavailable("TensorRT is not importable here (test)")
         return backend or FakeBackend()
 
-    code = engines.main(
+    code = engines_cli.main(
         ["--repository", str(repo), "--timing-cache", str(repo / "t.cache"), *argv],
         loader,
         execs.append,
@@ -376,7 +376,7 @@ def test_cli_check_execs_the_server_only_when_fresh(repo) -> None:
         "tritonserver",
         backend=FakeBackend(replace(A100, gpu_name="NVIDIA L4", compute_capability="8.9")),
     )
-    assert code == engines.EXIT_STALE and execs == []
+    assert code == engines_cli.EXIT_STALE and execs == []
     assert "built for GPU NVIDIA A100-SXM4-80GB sm_80, this is NVIDIA L4 sm_89" in out and "--rebuild" in out
 
 
@@ -385,10 +385,10 @@ def test_cli_check_refuses_an_old_driver_or_an_empty_admin_key_first(repo) -> No
     _built(repo)
     serve = ["--check", "--", "tritonserver", "--grpc-restricted-protocol=model-repository:triton-admin-key=k"]
     code, out, execs = _main(repo, *serve, driver="550.54.15\n580.65.06\n", unavailable=True)
-    assert code == engines.EXIT_HOST and execs == [] and "NVIDIA driver 550.54.15 is too old" in out and "R580" in out
+    assert code == engines_cli.EXIT_HOST and execs == [] and "NVIDIA driver 550.54.15 is too old" in out and "R580" in out
     empty_key = "--http-restricted-api=model-repository:triton-admin-key="
     code, out, execs = _main(repo, *serve[:-1], empty_key, unavailable=True)
-    assert code == engines.EXIT_HOST and execs == [] and "TRITON_ADMIN_KEY is not set" in out
+    assert code == engines_cli.EXIT_HOST and execs == [] and "TRITON_ADMIN_KEY is not set" in out
     code, out, execs = _main(repo, *serve, driver=None)  # no nvidia-smi: not judged, the plans decide
     assert code == 0 and len(execs) == 1 and "not checked" in out
     code, out, execs = _main(repo, *serve)
@@ -397,12 +397,12 @@ def test_cli_check_refuses_an_old_driver_or_an_empty_admin_key_first(repo) -> No
 
 def test_cli_without_tensorrt(repo) -> None:
     code, out, _ = _main(repo, unavailable=True)
-    assert code == engines.EXIT_NO_TENSORRT and "not importable" in out
+    assert code == engines_cli.EXIT_NO_TENSORRT and "not importable" in out
     code, out, execs = _main(repo, "--check", "--", "tritonserver", unavailable=True)  # nothing built: stale anyway
-    assert code == engines.EXIT_STALE and "missing (" in out and execs == []
+    assert code == engines_cli.EXIT_STALE and "missing (" in out and execs == []
     _built(repo)
     code, out, execs = _main(repo, "--check", "--", "tritonserver", unavailable=True)
-    assert code == engines.EXIT_NO_TENSORRT and "cannot verify" in out and execs == []
+    assert code == engines_cli.EXIT_NO_TENSORRT and "cannot verify" in out and execs == []
 
 
 class NoGpuBackend(FakeBackend):
@@ -412,7 +412,7 @@ class NoGpuBackend(FakeBackend):
 
 def test_cli_without_a_gpu(repo) -> None:
     code, out, _ = _main(repo, "--rebuild", backend=NoGpuBackend())
-    assert code == engines.EXIT_NO_TENSORRT and "no CUDA driver" in out
+    assert code == engines_cli.EXIT_NO_TENSORRT and "no CUDA driver" in out
 
 
 def test_cli_rejects_a_command_without_check(repo) -> None:
@@ -427,7 +427,7 @@ def test_tensorrt_builder_import_fails_clearly_without_tensorrt() -> None:
     with pytest.raises(ImportError):
         importlib.import_module("t2vserve.tensorrt_builder")
     with pytest.raises(TensorRTUnavailable, match="not importable"):
-        engines.tensorrt_backend()
+        engines_cli.tensorrt_backend()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,20 +435,20 @@ def test_tensorrt_builder_import_fails_clearly_without_tensorrt() -> None:
 # --------------------------------------------------------------------------------------------------
 def test_export_is_skipped_only_for_the_same_source(repo, tmp_path) -> None:
     weights = tmp_path / "weights"
-    assert engines.export_source(weights) == {"source": "tiny"}  # no model there: the tiny model
+    assert engines_cli.export_source(weights) == {"source": "tiny"}  # no model there: the tiny model
     (weights / "unet").mkdir(parents=True)
     (weights / "model_index.json").write_text("{}")
     (weights / "unet" / "config.json").write_text('{"in_channels": 4}')
-    source = engines.export_source(weights)
+    source = engines_cli.export_source(weights)
     assert source["source"] == "weights"
-    marker = repo / "scheduler" / "1" / engines.EXPORT_SOURCE_FILE
+    marker = repo / "scheduler" / "1" / engines_cli.EXPORT_SOURCE_FILE
     marker.write_text(json.dumps(source))
-    assert engines.export_is_current(repo, source)
+    assert engines_cli.export_is_current(repo, source)
     lines: list[str] = []
-    engines.export_if_needed(repo, weights, None, False, lines.append)
+    engines_cli.export_if_needed(repo, weights, None, False, lines.append)
     assert "already in" in lines[0] and "skipped" in lines[0]
     optional = UNET3D.present_components(_geometry("tiny"))  # the fixture's model has a distilled student
     assert stale_files(repo, "unet3d", 1, optional) == []  # the generated configs were written (refreshed) all the same
     (weights / "unet" / "config.json").write_text('{"in_channels": 8}')
-    assert not engines.export_is_current(repo, engines.export_source(weights))
-    assert not engines.export_is_current(repo, {"source": "tiny"})
+    assert not engines_cli.export_is_current(repo, engines_cli.export_source(weights))
+    assert not engines_cli.export_is_current(repo, {"source": "tiny"})
