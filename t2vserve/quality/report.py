@@ -230,12 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="markdown report, JSON beside it (default: docs/quality[-<family>][-<tier>].md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.model and not args.no_export:
-        family = get_family(args.model)
-        export_model(demo_model_dir(args.model), args.repository or default_repository(args.model), family.tiny_preset)
     repository = args.repository or (default_repository(args.model) if args.model else DEFAULT_MODEL_REPOSITORY)
-    if args.out is None:
-        args.out = default_report(ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE).family, args.quality_set)
+    if args.model and not args.no_export:
+        export_model(demo_model_dir(args.model), repository, get_family(args.model).tiny_preset)
     given = argv if argv is not None else sys.argv[1:]
     command = "python -m t2vserve.quality " + " ".join(given) if given else "make quality"
     start = time.perf_counter()
@@ -245,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         with T2VClient(server.grpc_url, "grpc") as client:
             report = evaluate(client, load_quality_set(args.quality_set), repository, args.limit)
     text = markdown(report, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or default_report(report["family"], args.quality_set)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(text)
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')} in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {out} and {out.with_suffix('.json')} in {time.perf_counter() - start:.0f} s")
     failures = gate_failures(report)
     for failure in failures:
         print(f"quality gate failed: {failure}", file=sys.stderr)
