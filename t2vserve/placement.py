@@ -5,11 +5,12 @@ The sampling loops (``scheduler``, ``t2v_stream``) are GPU instances where the e
 (``configs/onnxruntime.pbtxt``, ``configs/torch-cpu.pbtxt``); ``server.MODEL_CONFIGS`` says which is which.
 
 * **GPU mode** (``model_instance_kind`` GPU): the loop runs on ``cuda:<model_instance_device_id>``. The
-  request's K/V is moved there once (a no-op where it already is), the latents are drawn there, every denoiser
-  output is asked for there (BLS ``preferred_memory``), and a tensor that arrives on the host is an error
-  naming it, where it came from and the device expected: a host round trip per step would otherwise only show
-  as a slower server (a runner on the CPU, ``FORCE_CPU_ONLY_INPUT_TENSORS``, the Python backend without the
-  CUDA driver API). A tensor on another GPU is moved (Triton may run a denoiser instance on any GPU).
+  request's K/V is moved there once (a no-op where it already is; from the host, reported: Triton's CUDA memory
+  pool was full), the latents are drawn there, every denoiser output is asked for there (BLS
+  ``preferred_memory``), and a denoiser output that arrives on the host is an error naming it, where it came
+  from and the device expected: a host round trip per step would otherwise only show as a slower server (a
+  runner on the CPU, ``FORCE_CPU_ONLY_INPUT_TENSORS``, the Python backend without the CUDA driver API). A
+  tensor on another GPU is moved (Triton may run a denoiser instance on any GPU).
 * **CPU mode** (any other kind): as before GPU mode existed: the loop runs on the device the K/V arrived on
   (its denoiser outputs asked for there too), unchecked.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import Callable, ContextManager
 
 import torch
 
@@ -67,10 +68,19 @@ class Placement:
             )
         return tensor
 
-    def receive(self, name: str, tensor: torch.Tensor, origin: str) -> torch.Tensor:
-        """An input of a request, checked, on the loop's device (moved once; the same tensor where it already is)."""
-        tensor = self.check(name, tensor, origin)
-        return tensor if self.device is None else tensor.to(self.device, non_blocking=True)
+    def receive(self, name: str, tensor: torch.Tensor, origin: str, on_host: Callable[[str], None] | None = None) -> torch.Tensor:
+        """An input of a request on the loop's device: moved at most once, the same tensor where it already is.
+
+        In GPU mode a host tensor is moved and reported to ``on_host``, not refused: Triton hands an ensemble's
+        tensors over in host memory once its CUDA memory pool is full (more requests waiting in the ensemble
+        than the pool holds: Wan2.2-5B's K/V is 755 MB a request), and one copy per request beats a failed request.
+        """
+        if self.device is None:
+            return tensor
+        if tensor.device.type != "cuda" and on_host is not None:
+            on_host(f"{name} ({origin}) arrived on {tensor.device}, moved to {self.device} once for this request: Triton's "
+                    "CUDA memory pool was full; a larger --cuda-memory-pool-byte-size (ModelGeometry.transfer_pool_bytes) avoids the copy")
+        return tensor.to(self.device, non_blocking=True)
 
     def loop_device(self, kv: torch.Tensor) -> torch.device:
         """Where the latents are drawn: the instance's GPU, else the K/V's device."""

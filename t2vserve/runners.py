@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .params import ParameterError
-from .settings import torch_compile_mode
+from .settings import compiled_batch_sizes_override, torch_compile_mode
 from .spec import CFG_BATCH, TIMESTEP
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class TorchRunner:
         # static graphs, one per compiled batch size (dynamic=False): the UNet3D's forward specialises the
         # batch (diffusers' repeat_interleave), so a graph marked dynamic in it fails to compile and ran eagerly
         self.forward = self.module if mode == "none" or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
-        sizes = params.get("compiled_batch_sizes", "")
+        sizes = compiled_batch_sizes_override(params.get("compiled_batch_sizes", ""))
         self.request_batch = int(source.get("request_batch", CFG_BATCH))
         self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch, self.request_batch)
 

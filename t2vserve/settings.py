@@ -20,6 +20,12 @@ Environment variables override the defaults where a deployment needs another val
     Overrides the torch runner's ``compile`` config parameter for every entry (``none``, ``default``,
     ``max-autotune``): e.g. ``none`` to serve eagerly (no compile at start, slower steps), for debugging
     or a benchmark of the eager path. Unset: each entry's ``configs/torch.pbtxt`` decides.
+
+``T2V_COMPILED_BATCH_SIZES``
+    Overrides the torch runner's ``compiled_batch_sizes`` for every batched entry (e.g. ``2``: only one request's
+    CFG pair is compiled, so a latency-only deployment or benchmark is READY after one compile instead of four;
+    a larger batch the batcher forms is then compiled when first seen, under load). Unset: the entry's
+    config decides (every size the batcher can form).
 """
 
 from __future__ import annotations
@@ -50,6 +56,17 @@ def torch_compile_mode(configured: str) -> str:
     if mode not in TORCH_COMPILE_MODES:
         raise ValueError(f"{TORCH_COMPILE_ENV} / compile: {mode!r} is not a torch.compile mode; allowed: {', '.join(TORCH_COMPILE_MODES)}")
     return mode
+
+
+COMPILED_SIZES_ENV = "T2V_COMPILED_BATCH_SIZES"
+
+
+def compiled_batch_sizes_override(configured: str) -> str:
+    """The torch runner's compiled batch sizes (``"2,4,6,8"``): ``$T2V_COMPILED_BATCH_SIZES`` if set, else ``configured``."""
+    sizes = os.environ.get(COMPILED_SIZES_ENV, "").strip() or configured
+    if sizes and not all(s.strip().isdigit() and int(s) > 0 for s in sizes.split(",")):
+        raise ValueError(f"{COMPILED_SIZES_ENV} / compiled_batch_sizes: {sizes!r} is not a comma-separated list of positive batch sizes")
+    return sizes
 
 
 def compile_cache_environment() -> dict[str, str]:

@@ -454,6 +454,17 @@ class ModelGeometry:
         s = self.vae_scale_factor
         return (batch, self.latent_channels, self.latent_frames(num_frames), height // s, width // s)
 
+    def transfer_pool_bytes(self, height: int, width: int, num_frames: int) -> int:
+        """GPU bytes the Python-backend entries hand each other per server (Triton's CUDA memory pool,
+        ``--cuda-memory-pool-byte-size``): each of SCHEDULER_INSTANCES requests' packed K/V (fp32, a CFG pair), its
+        sample and noise prediction and its uint8 frames, twice (a tensor in flight while the previous one is
+        released), at least 1 GiB. Where the pool is too small Triton moves the tensors through host memory
+        (Wan2.2-5B's K/V is 755 MB a request: 2 GiB ran out at 8 concurrent requests)."""
+        kv = CFG_BATCH * self.text_max_length * self.kv_layout.width * 4
+        latents = 2 * 4 * math.prod(self.latent_shape(height, width, num_frames, batch=CFG_BATCH))
+        frames = num_frames * height * width * 3
+        return max(2**30, 2 * SCHEDULER_INSTANCES * (kv + latents + frames))
+
     # -- serialisation: the repository carries this as t2v_model.json next to the entries that need it
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -180,3 +180,17 @@ def test_compile_cache_warms_each_entry_at_each_batch_size_the_server_does(repos
     (result,) = fill(repository, ["vae_decoder"], log_dir=tmp_path)
     assert result["entry"] == "vae_decoder" and result["kernels"].startswith("torch") and "exit" not in result
     assert [p.name for p in tmp_path.iterdir()] == ["compile-cache-vae_decoder-b0.log"]
+
+
+def test_the_compiled_batch_sizes_can_be_narrowed_for_a_latency_deployment(monkeypatch) -> None:
+    """``T2V_COMPILED_BATCH_SIZES`` (settings) overrides every entry's ``compiled_batch_sizes``: a latency benchmark
+    compiles one request's size only; a malformed value names the variable."""
+    from t2vserve.settings import COMPILED_SIZES_ENV, compiled_batch_sizes_override
+
+    monkeypatch.delenv(COMPILED_SIZES_ENV, raising=False)
+    assert compiled_batch_sizes_override("2,4,6,8") == "2,4,6,8" and compiled_batch_sizes_override("") == ""
+    monkeypatch.setenv(COMPILED_SIZES_ENV, "2")
+    assert compiled_batch_sizes_override("2,4,6,8") == "2"
+    monkeypatch.setenv(COMPILED_SIZES_ENV, "2,x")
+    with pytest.raises(ValueError, match=COMPILED_SIZES_ENV):
+        compiled_batch_sizes_override("")

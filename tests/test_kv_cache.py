@@ -48,3 +48,17 @@ def test_cached_kv_is_what_the_unet_attends_to(unet) -> None:
         a = cached(sample, timestep, torch.randn(2, 77, width))
         b = cached(sample, timestep, torch.randn(2, 77, width))
     assert (a - b).abs().max() > 1e-3
+
+
+def test_the_benchmarks_stock_denoiser_is_the_unet_fed_text(components) -> None:
+    """``bench inprocess`` times diffusers' own denoiser call (``Family.stock_denoiser``) beside the cached-K/V slot:
+    both give the same noise prediction."""
+    from t2vserve.families import get_family
+
+    torch.manual_seed(0)
+    unet = components.unet
+    text, sample, timestep = torch.randn(2, 77, unet.config.cross_attention_dim), torch.randn(2, 4, 3, 8, 8), torch.tensor([981.0, 981.0])
+    with torch.no_grad():
+        stock = get_family("unet3d").stock_denoiser(components)(sample, timestep, text)
+        cached = CachedKVUNet(unet)(sample, timestep, KVProjector(unet)(text))
+    torch.testing.assert_close(stock, cached, rtol=1e-4, atol=1e-4)

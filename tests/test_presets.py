@@ -147,3 +147,20 @@ def test_served_tiers_route_and_size_the_clip(server, grpc_client, geometry, mea
         grpc_client.generate(GenerationRequest("a cat", preset="ultra"))
     assert str(info.value.status()) == "StatusCode.INVALID_ARGUMENT"
     assert "PRESET: 'ultra' is not allowed; allowed: draft, standard, final" in info.value.message()
+
+
+def test_the_cuda_pool_holds_each_denoising_requests_tensors(geometry, components) -> None:
+    """``ModelGeometry.transfer_pool_bytes`` (the bench's ``--cuda-memory-pool-byte-size``) holds, for each of the
+    SCHEDULER_INSTANCES requests denoising at once, the K/V the projector makes for a CFG pair and the clip's uint8
+    frames, twice over; never below 1 GiB."""
+    import torch
+
+    from t2vserve.families.unet3d import KVProjector
+    from t2vserve.spec import CFG_BATCH, SCHEDULER_INSTANCES
+
+    with torch.no_grad():
+        kv = KVProjector(components.unet)(torch.zeros(CFG_BATCH, geometry.text_max_length, geometry.text_hidden_size))
+    kv_bytes = kv.numel() * 4  # fp32 on the wire
+    assert geometry.transfer_pool_bytes(64, 64, 8) == 2**30  # the tiny model's tensors fit the floor
+    height, width, frames = 1024, 1024, 512  # a clip whose frames alone pass the floor
+    assert geometry.transfer_pool_bytes(height, width, frames) >= 2 * SCHEDULER_INSTANCES * (kv_bytes + frames * height * width * 3) > 2**30

@@ -176,3 +176,22 @@ def test_a_deployment_serves_the_tracks_it_names(family: str, experts: int) -> N
         assert f'key: "tracks" value: {{ string_value: "{keep}" }}' in _effective(only, "preprocess", config.name)
     assert {rel: text for rel, text in only.items() if rel.split("/")[0] not in left_out | {"preprocess"}} == \
         {rel: text for rel, text in full.items() if rel.split("/")[0] not in left_out | {"preprocess"}}
+
+
+def test_the_benchmark_sets_the_denoisers_batcher_delay_and_nothing_else(tmp_path) -> None:
+    """``bench served --queue-delay-us`` rewrites the dynamic batcher of the batched entries (the denoisers), in every
+    config set; the other entries' configs stay as generated."""
+    from t2vserve.bench.served import set_queue_delay
+    from t2vserve.spec import DENOISER_QUEUE_DELAY_US
+
+    files = render_repository("unet3d")
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    changed = set_queue_delay(tmp_path, 0)
+    batched = {relative for relative, text in files.items() if f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}" in text}
+    assert set(changed) == batched and any(path.startswith("unet/") for path in changed)
+    for relative, text in files.items():
+        now = (tmp_path / relative).read_text()
+        assert now == (text.replace(f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}", "max_queue_delay_microseconds: 0")
+                       if relative in batched else text)

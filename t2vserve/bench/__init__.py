@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. 0.1,0.2 (STEP_CACHE in gpu_bench.sh)")
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
+    parser.add_argument("--queue-delay-us", type=int, default=None,
+                        help="served: set the denoisers' dynamic-batcher delay to this (default: the generated config's)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")
     parser.add_argument("--precisions", type=lambda s: [t for t in s.split(",") if t], default=[],
                         help="tracks to time side by side, e.g. bf16,fp8 (step and clip, with the kernels each ran)")

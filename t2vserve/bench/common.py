@@ -131,6 +131,10 @@ def as_client_request(r: ResolvedRequest) -> GenerationRequest:
                              step_cache=r.step_cache)
 
 
+#: Triton's phases of an execution's compute time (statistics API).
+COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
 def model_stats(url: str) -> dict[str, dict[str, Any]]:
     """Per model: executions, inferences, compute and queue milliseconds, and per executed batch size
     its count and compute milliseconds (Triton's statistics API)."""
@@ -144,7 +148,9 @@ def model_stats(url: str) -> dict[str, dict[str, Any]]:
         out[m["name"]] = {
             "executions": float(m.get("execution_count", 0)),
             "inferences": float(m.get("inference_count", 0)),
-            "compute_ms": sum(float(infer.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")) / 1e6,
+            "compute_ms": sum(float(infer.get(k, {}).get("ns", 0)) for k in COMPUTE_PHASES) / 1e6,
+            # where an entry's compute goes: taking its inputs, executing, handing over its outputs (a BLS hop's cost)
+            **{f"{k}_ms": float(infer.get(k, {}).get("ns", 0)) / 1e6 for k in COMPUTE_PHASES},
             "queue_ms": float(infer.get("queue", {}).get("ns", 0)) / 1e6,
             "batches": {
                 int(b["batch_size"]): {
@@ -162,7 +168,8 @@ def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, An
     out: dict[str, dict[str, Any]] = {}
     for name, now in after.items():
         then = before.get(name, {})
-        row: dict[str, Any] = {k: (now[k] - then.get(k, 0.0)) / clips for k in ("executions", "inferences", "compute_ms", "queue_ms")}
+        keys = ("executions", "inferences", "compute_ms", "queue_ms", *(f"{k}_ms" for k in COMPUTE_PHASES))
+        row: dict[str, Any] = {k: (now[k] - then.get(k, 0.0)) / clips for k in keys}
         batches = {}
         for size, b in now["batches"].items():
             old = then.get("batches", {}).get(size, {"count": 0.0, "compute_ms": 0.0})

@@ -46,13 +46,23 @@ def inprocess_table(r: dict[str, Any]) -> list[str]:
 
 def served_table(served: dict[str, Any], inprocess: float | None, diffusers: float | None) -> list[str]:
     lines = ["| served measurement | value |", "|---|---|", f"| served clip (gRPC, median) | {served['served_clip_s']:.3f} s |"]
+    if served.get("served_clip_mp4_only_s"):
+        lines.append(f"| served clip, MP4 only (gRPC, median) | {served['served_clip_mp4_only_s']:.3f} s |")
+    if served.get("encode_mp4_bench_process_s"):
+        lines.append(f"| H.264 encode of a served clip's frames in the bench process / postprocess compute per clip | "
+                     f"{served['encode_mp4_bench_process_s'] * 1e3:.0f} ms / {served['per_request_compute_ms'].get('postprocess', 0):.0f} ms |")
+    if served.get("denoiser_queue_delay_us") is not None:
+        lines.append(f"| denoiser dynamic-batcher delay (set by the bench) | {served['denoiser_queue_delay_us']} us |")
     if inprocess:
         lines.append(f"| serving overhead = served / in-process (same runner) | {served['served_clip_s'] / inprocess:.3f} |")
+        if served.get("served_clip_mp4_only_s"):
+            lines.append(f"| same, the client asking for the MP4 only (no VIDEO frames on the wire) | {served['served_clip_mp4_only_s'] / inprocess:.3f} |")
         lines += step_cache_rows(served)  # make bench (cpu part) measures them beside the served clip
     if diffusers:
         lines.append(f"| served / diffusers eager | {served['served_clip_s'] / diffusers:.2f} |")
     lines += [
         f"| denoiser step as served (Triton compute) | {served['denoiser_step_served_ms']:.1f} ms |",
+        *denoiser_phase_rows(served),
         f"| scheduler overhead per step (BLS round trip + sampler update) | {served['scheduler_overhead_per_step_ms']:.2f} ms |",
         f"| server start -> READY (model load, warm-up of every batch size) | {served.get('start_to_ready_s', float('nan')):.1f} s |",
         f"| first request after READY | {served['first_request_s']:.1f} s |",
@@ -66,6 +76,18 @@ def served_table(served: dict[str, Any], inprocess: float | None, diffusers: flo
         ratio = f" ({tp[c] / base:.2f}x concurrency 1)" if base else ""
         lines.append(f"| throughput at concurrency {c} | {tp[c]:.3f} clips/s{ratio} |")
     return lines + work_table(served)
+
+
+def denoiser_phase_rows(served: dict[str, Any]) -> list[str]:
+    """The served denoiser step split as Triton times it: taking the inputs, executing, handing the output over."""
+    phases, steps = served.get("per_request_compute_phases_ms", {}), int(served.get("request", {}).get("steps") or 0)
+    rows = []
+    for entry in served.get("denoiser_entries", []):
+        row = phases.get(entry, {})
+        if steps and row.get("compute_infer_ms"):
+            split = " / ".join(f"{row[f'compute_{p}_ms'] / steps:.2f}" for p in ("input", "infer", "output"))
+            rows.append(f"| {entry} per step: compute input / infer / output (Triton statistics) | {split} ms |")
+    return rows
 
 
 def work_table(served: dict[str, Any]) -> list[str]:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..client import GenerationRequest, T2VClient
+from ..spec import MP4, SCHEDULER_INSTANCES
 from ..server import EmbeddedTritonServer
-from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta
+from ..video import encode_mp4
+from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed
 from .tracks import served_tracks
 
 
@@ -42,6 +46,19 @@ class GpuMemoryPoller:
         self._stop.set()
 
 
+def set_queue_delay(repository: Path, microseconds: int) -> list[str]:
+    """Rewrite the dynamic batcher's ``max_queue_delay_microseconds`` in every config of ``repository`` (the
+    denoiser entries: ``spec.DENOISER_QUEUE_DELAY_US`` when generated); the entries changed."""
+    changed = []
+    for path in sorted([*repository.glob("*/config.pbtxt"), *repository.glob("*/configs/*.pbtxt")]):
+        text = path.read_text()
+        new = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {microseconds}", text)
+        if new != text:
+            path.write_text(new)
+            changed.append(str(path.relative_to(repository)))
+    return changed
+
+
 def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     geometry = load_geometry(repository)
     request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width))
@@ -56,7 +73,11 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     def checkpoint() -> None:  # partial results survive a run cut short
         Path(args.out).with_suffix(".served-partial.json").write_text(json.dumps({"served": results, "partial": True}, indent=2, default=str) + "\n")
 
-    pool = 2048 if args.device == "cuda" else None
+    if args.queue_delay_us is not None:  # a latency/throughput trade-off measured against the generated default
+        results["denoiser_queue_delay_us"] = args.queue_delay_us
+        results["queue_delay_configs"] = set_queue_delay(repository, args.queue_delay_us)
+    pool = max(2048, geometry.transfer_pool_bytes(request.height, request.width, request.num_frames) // 2**20) if args.device == "cuda" else None
+    results["cuda_memory_pool_mb"] = pool
     denoiser = geometry.tracks[request.precision or geometry.default_precision][0]
     load_start = time.perf_counter()
     with GpuMemoryPoller() as memory, EmbeddedTritonServer(repository, runner=args.runner, log_path=log, cuda_memory_pool_mb=pool, startup_timeout_s=900) as server:
@@ -72,20 +93,32 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
                 checkpoint()
             if args.concurrency:
                 start = time.perf_counter()
-                load(server.grpc_url, request, max(args.concurrency), 1)  # batch sizes > 2 appear: recompiles happen here
+                # every batch size the batcher forms appears (at most SCHEDULER_INSTANCES requests denoise at once): any
+                # first-time cost of a size (a compile the warm-up missed, cuDNN/cuBLAS set-up) is paid here, not timed
+                load(server.grpc_url, request, min(max(args.concurrency), SCHEDULER_INSTANCES), 1)
                 results["warmup_batched_s"] = time.perf_counter() - start
             checkpoint()
             before = model_stats(server.grpc_url)
-            latencies = [client.generate(request).seconds for _ in range(args.repeats)]
+            # a new prompt each time: the text encoder runs as in-process (the conditioning cache would skip it)
+            latencies = [client.generate(replace(request, prompt=f"{request.prompt}, take {i}")).seconds for i in range(args.repeats)]
             after = model_stats(server.grpc_url)
+            # the frames stay on the server: what a client wanting the MP4 only waits
+            results["served_clip_mp4_only_s"] = statistics.median(
+                [client.generate(replace(request, prompt=f"{request.prompt}, mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
+            # the same frames' H.264 encode in this process (postprocess runs encode_mp4 in its stub: compare its compute)
+            video = client.generate(request).video
+            results["encode_mp4_bench_process_s"] = timed(lambda: encode_mp4(video, request.fps or 8), repeats=3)
         results["served_clip_s"] = statistics.median(latencies)
         n, steps = len(latencies), int(request.steps or 0)
         per_request = {k: (after[k]["compute_ms"] - before[k]["compute_ms"]) / n for k in after}
         results["per_request_compute_ms"] = per_request
+        results["per_request_compute_phases_ms"] = stats_delta(before, after, n)  # compute_input / infer / output per entry
         denoiser_ms = sum(per_request[e] for e in set(sum(geometry.tracks.values(), [])) if e in per_request)
         results["scheduler_overhead_per_step_ms"] = (per_request["scheduler"] - denoiser_ms) / steps
         results["denoiser_step_served_ms"] = denoiser_ms / steps
-        throughput, work = {}, {}
+        throughput: dict[int, float] = {}
+        work: dict[int, Any] = {}
+        results["throughput_clips_per_s"], results["work_per_clip_by_concurrency"] = throughput, work  # checkpointed as they fill
         for concurrency in args.concurrency:
             before = model_stats(server.grpc_url)
             throughput[concurrency] = load(server.grpc_url, request, concurrency, args.per_client)
@@ -93,8 +126,6 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             work[concurrency] = stats_delta(before, model_stats(server.grpc_url), concurrency * args.per_client)
             print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s; {denoiser} per clip: {work[concurrency][denoiser]}", flush=True)
             checkpoint()
-        results["throughput_clips_per_s"] = throughput
-        results["work_per_clip_by_concurrency"] = work
         results["denoiser_entries"] = sorted(set(sum(geometry.tracks.values(), [])))
         final = model_stats(server.grpc_url)[denoiser]
         results["denoiser_mean_batch"] = final["inferences"] / max(final["executions"], 1)

@@ -311,6 +311,12 @@ class UNet3DFamily(Family):
             **self.model_tracks(components),
         )
 
+    def stock_denoiser(self, pipe: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        def call(sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            return pipe.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+        return call
+
     def save_denoiser(self, module: nn.Module, directory: Path) -> None:
         if not isinstance(module, CachedKVUNet):
             raise TypeError(f"expected a CachedKVUNet, got {type(module).__name__}")

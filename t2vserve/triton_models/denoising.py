@@ -86,6 +86,13 @@ class DenoisingLoop:
             torch.cuda.set_device(self.placement.device)  # this thread's; run() sets it for every request's thread
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: sampling loop on {self.placement.describe()}")
         self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
+        self.host_inputs = 0  # requests whose K/V arrived in host memory
+
+    def _host_input(self, message: str) -> None:
+        """A request's K/V came through host memory (the CUDA pool was full): logged at the 1st, 2nd, 4th, 8th, ... time."""
+        self.host_inputs += 1
+        if self.host_inputs & (self.host_inputs - 1) == 0:
+            pb_utils.Logger.log_warn(f"{message} ({self.host_inputs} requests so far)")
 
     def run(
         self,
@@ -106,7 +113,7 @@ class DenoisingLoop:
         steps = int(scalar("STEPS"))
         guard = StepGuard(is_cancelled, float(scalar(DEADLINE)), float(scalar("TIME_LIMIT_S")), steps)
         received = to_torch(inputs[KV])
-        kv = place.receive(KV, received, "input from conditioning")  # on the loop's device, moved at most once
+        kv = place.receive(KV, received, "input from conditioning", self._host_input)  # on the loop's device, moved at most once
         # K/V per denoiser batch: the request's tensor for CFG pairs (as it came, unless it was moved); for a
         # guidance-free call the prompt's row alone, a view of it on its device (DLPack, no copy), made once per request
         kv_rows: dict[int, "pb_utils.Tensor"] = {kv.shape[0]: inputs[KV] if kv is received else from_torch(KV, kv)}
