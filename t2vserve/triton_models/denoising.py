@@ -87,6 +87,17 @@ class DenoisingLoop:
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: sampling loop on {self.placement.describe()}")
         self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
         self.host_inputs = 0  # requests whose K/V arrived in host memory
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """The loop's own work once per sampler, on the smallest clip with a denoiser that predicts zeros: CUDA's lazy
+        module loading and the samplers' first kernels are paid at load, not by the first request this instance
+        serves (each of the SCHEDULER_INSTANCES is its own process, and Triton spreads requests over them)."""
+        g = self.geometry
+        with self.placement.active():
+            latents = initial_latents(g, g.pixel_multiple, g.pixel_multiple, int(g.frames_range().low), 0, self.placement.device or "cpu")
+            for sampler in self.samplers.values():
+                denoise(lambda entry, sample, t: torch.zeros_like(sample), latents, 2, g.presets.guidance_scale, sampler, g, g.default_precision)
 
     def _host_input(self, message: str) -> None:
         """A request's K/V came through host memory (the CUDA pool was full): logged at the 1st, 2nd, 4th, 8th, ... time."""
