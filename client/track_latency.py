@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from t2vserve.bench.common import load_geometry, model_stats, stats_delta  # noqa: E402
 from t2vserve.client import GenerationRequest, T2VClient  # noqa: E402
 from t2vserve.server import EmbeddedTritonServer  # noqa: E402
-from t2vserve.spec import DISTILLED_TRACK, ModelGeometry  # noqa: E402
+from t2vserve.spec import DISTILLED_TRACK  # noqa: E402
+from t2vserve.geometry import ModelGeometry
 
 PROMPT = "a red circle moving to the right on a black background"
 

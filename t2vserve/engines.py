@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 from .families import get_family
 from .families.base import Extent, Slot
-from .spec import GEOMETRY_FILE, ModelGeometry
+from .geometry import GEOMETRY_FILE, ModelGeometry
 
 PLAN_FILE = "model.plan"
 METADATA_FILE = "model.plan.json"

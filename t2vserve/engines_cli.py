@@ -40,7 +40,7 @@ from .engines import (
 from .families import get_family
 from .hostcheck import admin_key_refusal, driver_status, query_driver
 from .repository import write_repository
-from .spec import GEOMETRY_FILE
+from .geometry import GEOMETRY_FILE
 
 #: Written next to the geometry by the export step of the compose ``engines`` service (what was exported).
 EXPORT_SOURCE_FILE = "export_source.json"

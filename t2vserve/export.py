@@ -30,7 +30,8 @@ from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .params import tokenize_pair
-from .spec import CFG_BATCH, CONDITIONING_MODEL, GEOMETRY_FILE, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL, ModelGeometry
+from .spec import CFG_BATCH, CONDITIONING_MODEL, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL
+from .geometry import GEOMETRY_FILE, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
 

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import DEFAULT_TIER, MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, QUALITY_TIERS, ModelGeometry, Range, time_limit_range
+from .spec import DEFAULT_TIER, MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, QUALITY_TIERS, Range, time_limit_range
+from .geometry import ModelGeometry
 
 
 class ParameterError(ValueError):

@@ -18,7 +18,8 @@ from .families.base import Slot
 from .params import ResolvedRequest, tokenize_pair
 from .samplers import make_sampler
 from .sampling import conditioning_rows, denoise, initial_latents
-from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
+from .spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER
+from .geometry import ModelGeometry
 from .step_cache import StepCache
 
 #: Runs one engine slot: (slot name, {input name: tensor}) -> {output name: tensor}.

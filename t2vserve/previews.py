@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from .families import get_family
 from .families.base import Uint8Frames
-from .spec import VAE_DECODER, ModelGeometry
+from .spec import VAE_DECODER
+from .geometry import ModelGeometry
 from .video import to_uint8_frames
 
 PREVIEW_FILE = "preview_projection.json"

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .samplers import Sampler
-from .spec import CFG_BATCH, ModelGeometry
+from .spec import CFG_BATCH
+from .geometry import ModelGeometry
 
 if TYPE_CHECKING:
     from .step_cache import StepCache

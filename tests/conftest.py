@@ -12,7 +12,7 @@ from t2vserve.client import T2VClient
 from t2vserve.export import export_model, trained_model_dir
 from t2vserve.families import get_family
 from t2vserve.server import EmbeddedTritonServer
-from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
+from t2vserve.geometry import GEOMETRY_FILE, ModelGeometry
 from t2vserve.step_cache import STEP_METRICS, read_step_metrics
 
 

@@ -26,7 +26,8 @@ from t2vserve.engines import (
 )
 from t2vserve.families import get_family
 from t2vserve.repository import slot_tensors, stale_files
-from t2vserve.spec import DENOISER_MAX_BATCH, GEOMETRY_FILE, KV, LATENTS, SAMPLE, TIMESTEP, KVLayout, ModelGeometry
+from t2vserve.spec import DENOISER_MAX_BATCH, KV, LATENTS, SAMPLE, TIMESTEP
+from t2vserve.geometry import GEOMETRY_FILE, KVLayout, ModelGeometry
 
 A100 = RuntimeInfo("10.5.0", "NVIDIA A100-SXM4-80GB", "8.0")
 UNET3D = get_family("unet3d")

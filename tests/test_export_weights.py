@@ -6,7 +6,7 @@ from diffusers import TextToVideoSDPipeline
 from t2vserve.export import ONNX_TOLERANCE, check_slot
 from t2vserve.export import main as export_main
 from t2vserve.families import get_family
-from t2vserve.spec import GEOMETRY_FILE, ModelGeometry
+from t2vserve.geometry import GEOMETRY_FILE, ModelGeometry
 
 
 def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None:

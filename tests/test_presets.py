@@ -13,7 +13,8 @@ from t2vserve.demo import stage_times
 from t2vserve.families import get_family
 from t2vserve.params import ParameterError, resolve
 from t2vserve.settings import REPO_ROOT
-from t2vserve.spec import DISTILLED_TRACK, DRAFT_STEP_CACHE, PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS, KVLayout, ModelGeometry
+from t2vserve.spec import DISTILLED_TRACK, DRAFT_STEP_CACHE, PRESETS, QUALITY_TIERS, QUANTIZED_TRACKS
+from t2vserve.geometry import KVLayout, ModelGeometry
 
 #: Pixel multiples (VAE scale x denoiser downsampling) each family's models have, and its VAE's temporal factor.
 FAMILY_GRIDS = {"unet3d": ((8, 64), 1), "wan22": ((16, 32), 4)}

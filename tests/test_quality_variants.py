@@ -8,7 +8,7 @@ from t2vserve.families import FAMILIES, get_family
 from t2vserve.quality.metrics import IDENTICAL_PSNR_DB, mean_psnr_db
 from t2vserve.quality.report import gate_failures, markdown, verdicts
 from t2vserve.quality.variants import QUALITY_SET, Variant, family_variants, load_quality_set
-from t2vserve.spec import KVLayout, ModelGeometry
+from t2vserve.geometry import KVLayout, ModelGeometry
 
 DRAFT_SET = QUALITY_SET.parent / "quality_set_draft.json"
 SWEEPS = [QUALITY_SET.parent / name for name in ("sweep_step_cache.json", "sweep_step_cache_draft.json")]

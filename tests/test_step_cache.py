@@ -8,7 +8,8 @@ import torch
 
 from t2vserve.families import get_family
 from t2vserve.params import ParameterError, resolve
-from t2vserve.spec import QUALITY_TIERS, STEP_CACHE_MAX_CONSECUTIVE_SKIPS, STEP_CACHE_RANGE, KVLayout, ModelGeometry
+from t2vserve.spec import QUALITY_TIERS, STEP_CACHE_MAX_CONSECUTIVE_SKIPS, STEP_CACHE_RANGE
+from t2vserve.geometry import KVLayout, ModelGeometry
 from t2vserve.step_cache import STEP_METRICS, StepCache, read_step_metrics
 
 #: Denoiser outputs per step as one value each (the output is that value everywhere): slow change in

@@ -19,7 +19,8 @@ from t2vserve.families import get_family
 from t2vserve.families.wan22_tiny import Z16_VAE_CONFIG
 from t2vserve.quality.metrics import clip_metrics
 from t2vserve.server import EmbeddedTritonServer
-from t2vserve.spec import GEOMETRY_FILE, PRESETS, ModelGeometry
+from t2vserve.spec import PRESETS
+from t2vserve.geometry import GEOMETRY_FILE, ModelGeometry
 
 PRESET = PRESETS["wan22-tiny"]
 PROMPT = "a red ball rolls to the left on a black floor"

@@ -18,7 +18,7 @@ from ..families import get_family
 from ..params import ResolvedRequest
 from ..pipeline import Pipeline
 from ..runners import make_runner
-from ..spec import GEOMETRY_FILE, ModelGeometry
+from ..geometry import GEOMETRY_FILE, ModelGeometry
 from ..step_cache import StepCache
 from ..video import encode_mp4
 

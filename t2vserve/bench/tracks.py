@@ -17,7 +17,7 @@ import torch
 
 from ..client import T2VClient
 from ..runners import KERNELS_LOG, make_runner
-from ..spec import ModelGeometry
+from ..geometry import ModelGeometry
 from .common import as_client_request, bench_request, model_stats, runner_config, timed
 
 

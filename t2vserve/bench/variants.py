@@ -30,7 +30,8 @@ import torch
 
 from ..params import ResolvedRequest
 from ..quality.variants import Variant, family_variants, load_quality_set
-from ..spec import CFG_BATCH, ModelGeometry
+from ..spec import CFG_BATCH
+from ..geometry import ModelGeometry
 from ..step_cache import StepCache
 from .common import RunnerPipeline, bench_request, environment, load_geometry, timed
 from .inprocess import denoiser_feeds

@@ -16,6 +16,7 @@ from typing import Any, Callable, Collection, Mapping
 import torch
 from torch import nn
 
+from ..geometry import ModelGeometry
 from ..spec import (
     CFG_BATCH,
     DENOISER,
@@ -29,7 +30,6 @@ from ..spec import (
     SAMPLE,
     TEXT_EMBEDS,
     TIMESTEP,
-    ModelGeometry,
     Preset,
 )
 from ..video import uint8_frames

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, KVLayout, ModelGeometry
+from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER
+from ..geometry import KVLayout, ModelGeometry
 from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, Uint8Frames, load_model, read_scheduler_config
 
 #: The tiny random-initialised demo model: same architecture as ModelScope, toy widths.

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER, ModelGeometry
+from ..spec import DENOISER, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER
+from ..geometry import ModelGeometry
 from . import wan22_modules as modules
 from .wan22_tiny import SCHEDULER_CONFIG, TEXT_MAX_LENGTH
 from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, Uint8Frames, load_model, read_scheduler_config

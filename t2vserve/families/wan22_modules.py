@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import KVLayout
+from ..geometry import KVLayout
 
 try:  # diffusers' prompt_clean runs ftfy when it is installed; so do we.
     import ftfy

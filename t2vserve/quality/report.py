@@ -29,7 +29,7 @@ from ..export import QUANTIZATION_REPORT, demo_model_dir, export_model
 from ..families import DEFAULT_FAMILY, FAMILIES, get_family
 from ..quantize import weight_bytes
 from ..server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTritonServer
-from ..spec import GEOMETRY_FILE, ModelGeometry
+from ..geometry import GEOMETRY_FILE, ModelGeometry
 from .adherence import adherence, matches, read_clip
 from .metrics import IDENTICAL_PSNR_DB, clip_metrics, mean_psnr_db
 from .variants import QUALITY_SET, Variant, family_variants, load_quality_set

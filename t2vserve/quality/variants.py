@@ -16,7 +16,8 @@ from typing import Any
 
 from ..client import GenerationRequest
 from ..quantize import DATA_DIR
-from ..spec import DEFAULT_TIER, ModelGeometry
+from ..spec import DEFAULT_TIER
+from ..geometry import ModelGeometry
 
 QUALITY_SET = DATA_DIR / "quality_set.json"
 

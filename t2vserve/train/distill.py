@@ -50,7 +50,8 @@ from ..families import get_family
 from ..families.base import TRACK_DEFAULTS_FILE, Family
 from ..samplers import make_sampler
 from ..sampling import Denoiser, conditioning_rows, denoise
-from ..spec import DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, ModelGeometry
+from ..spec import DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER
+from ..geometry import ModelGeometry
 from . import world
 from .fit import Ema, Progress, Tokens, after_warmup, attention_kernels, lr_factor
 

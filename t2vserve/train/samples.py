@@ -23,7 +23,7 @@ from ..pipeline import InProcessPipeline
 from ..quality.adherence import adherence, matches, read_clip
 from ..quality.metrics import clip_metrics
 from ..quality.variants import load_quality_set
-from ..spec import ModelGeometry
+from ..geometry import ModelGeometry
 from ..video import encode_mp4
 
 

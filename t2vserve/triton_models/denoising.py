@@ -29,7 +29,8 @@ import triton_python_backend_utils as pb_utils
 from ..placement import Placement
 from ..samplers import make_sampler
 from ..sampling import conditioning_rows, denoise, initial_latents
-from ..spec import DEADLINE, GEOMETRY_FILE, KV, NOISE_PRED, SAMPLE, TIMESTEP, ModelGeometry
+from ..spec import DEADLINE, KV, NOISE_PRED, SAMPLE, TIMESTEP
+from ..geometry import GEOMETRY_FILE, ModelGeometry
 from ..step_cache import STEP_METRICS, StepCache, StepCacheStats
 from .common import RequestCancelled, TimeLimitExceeded, infer, version_dir
 from .tensors import from_torch, to_torch

@@ -18,9 +18,9 @@ import triton_python_backend_utils as pb_utils
 from ..families import get_family
 from ..params import resolve, tokenize_pair
 from ..safety import configured_filter
+from ..geometry import GEOMETRY_FILE, ModelGeometry
 from ..spec import (
     DEADLINE,
-    GEOMETRY_FILE,
     INPUT_IDS,
     MAX_TIME_LIMIT_S,
     NUMPY_DTYPES,
@@ -28,7 +28,6 @@ from ..spec import (
     RESOLVED_PARAMETERS,
     RESPONSE_KEY,
     SAFETY_FILTER_FILE,
-    ModelGeometry,
 )
 from .common import config_parameter, error_response, model_config, optional_input, version_dir
 
