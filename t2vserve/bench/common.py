@@ -145,12 +145,13 @@ def model_stats(url: str) -> dict[str, dict[str, Any]]:
     out = {}
     for m in stats:
         infer = m.get("inference_stats", {})
+        # where an entry's compute goes: taking its inputs, executing, handing over its outputs (a BLS hop's cost)
+        phases = {f"{k}_ms": float(infer.get(k, {}).get("ns", 0)) / 1e6 for k in COMPUTE_PHASES}
         out[m["name"]] = {
             "executions": float(m.get("execution_count", 0)),
             "inferences": float(m.get("inference_count", 0)),
-            "compute_ms": sum(float(infer.get(k, {}).get("ns", 0)) for k in COMPUTE_PHASES) / 1e6,
-            # where an entry's compute goes: taking its inputs, executing, handing over its outputs (a BLS hop's cost)
-            **{f"{k}_ms": float(infer.get(k, {}).get("ns", 0)) / 1e6 for k in COMPUTE_PHASES},
+            "compute_ms": sum(phases.values()),
+            **phases,
             "queue_ms": float(infer.get("queue", {}).get("ns", 0)) / 1e6,
             "batches": {
                 int(b["batch_size"]): {

@@ -107,12 +107,12 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
                 [client.generate(replace(request, prompt=f"{request.prompt}, mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
             # the same frames' H.264 encode in this process (postprocess runs encode_mp4 in its stub: compare its compute)
             video = client.generate(request).video
-            results["encode_mp4_bench_process_s"] = timed(lambda: encode_mp4(video, request.fps or 8), repeats=3)
+            results["encode_mp4_bench_process_s"] = timed(lambda: encode_mp4(video, request.fps or geometry.presets.fps), repeats=3)
         results["served_clip_s"] = statistics.median(latencies)
         n, steps = len(latencies), int(request.steps or 0)
-        per_request = {k: (after[k]["compute_ms"] - before[k]["compute_ms"]) / n for k in after}
-        results["per_request_compute_ms"] = per_request
-        results["per_request_compute_phases_ms"] = stats_delta(before, after, n)  # compute_input / infer / output per entry
+        phases = stats_delta(before, after, n)  # per entry and clip: compute, and its input / infer / output split
+        per_request = {k: row["compute_ms"] for k, row in phases.items()}
+        results["per_request_compute_ms"], results["per_request_compute_phases_ms"] = per_request, phases
         denoiser_ms = sum(per_request[e] for e in set(sum(geometry.tracks.values(), [])) if e in per_request)
         results["scheduler_overhead_per_step_ms"] = (per_request["scheduler"] - denoiser_ms) / steps
         results["denoiser_step_served_ms"] = denoiser_ms / steps
