@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,6 +15,7 @@ from t2vserve.client import GenerationRequest, T2VClient
 from t2vserve.runners import batch_or_each
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.spec import POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
+from t2vserve.triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 
 PROMPTS = ["a cat playing the piano", "a drone shot over snowy mountains", "a chef cooking pasta", "fireworks over a river"]
 
@@ -49,8 +52,15 @@ def test_concurrent_requests_are_batched_at_the_unet(server) -> None:
 def torch_server(repository, tmp_path_factory):
     """The same repository with the engine slots filled by the torch runner (CPU here, fp32)."""
     log = tmp_path_factory.mktemp("torch-server") / "tritonserver.log"
-    with EmbeddedTritonServer(repository, runner="torch", log_path=log) as srv:
-        yield srv
+    os.environ[STAGE_TIMING_ENV] = "1"  # the stubs log each execution's stages (test_stage_timing...)
+    try:
+        server = EmbeddedTritonServer(repository, runner="torch", log_path=log).start()
+    finally:
+        del os.environ[STAGE_TIMING_ENV]
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
@@ -61,6 +71,23 @@ def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
     diff = np.abs(onnx_video.astype(int) - torch_video.astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.05
     assert unet_stats(torch_server.grpc_url, "unet")[0] == 10
+
+
+def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
+    """T2V_STAGE_TIMING (the bench's stage split): each runner execution logs its inputs / run / outputs, the sampling
+    loop per request its BLS calls and its own work; a step's BLS call contains the denoiser's whole execution."""
+    offset = torch_server.log_path.stat().st_size
+    with T2VClient(torch_server.grpc_url) as client:
+        client.generate(GenerationRequest(PROMPTS[1], seed=4, steps=3, precision="fp16"))
+    time.sleep(0.5)  # the stubs' log lines reach the server log
+    with torch_server.log_path.open() as log:
+        log.seek(offset)
+        stages = parse_stage_lines(log.read())
+    unet, loop = stages["unet"], stages["scheduler"]
+    assert (unet["records"], unet["batch"]) == (3, 2) and (loop["records"], loop["steps"]) == (1, 3)
+    assert {"inputs", "run", "outputs"} <= set(unet) and {"loop", "bls"} <= set(loop)
+    assert loop["bls"] >= 3 * (unet["inputs"] + unet["run"] + unet["outputs"])
+    assert unet["run"] > unet["inputs"] and stages["vae_decoder"]["records"] == 1
 
 
 def test_without_cuda_the_sampling_loops_are_cpu_instances(server, torch_server) -> None:

@@ -29,7 +29,7 @@ from ..server import REPO_ROOT
 from ..settings import compile_cache_environment
 from ..spec import PRESETS
 from .common import RunnerPipeline, bench_request, load_geometry, timed
-from .inprocess import run_inprocess, step_cache_clips
+from .inprocess import run_inprocess, run_inprocess_control, step_cache_clips
 from .report import markdown
 from .served import run_served
 from .variants import attach_quality, run_variants
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
     parser.add_argument("--queue-delay-us", type=int, default=None,
                         help="served: set the denoisers' dynamic-batcher delay to this (default: the generated config's)")
+    parser.add_argument("--also-queue-delay-us", type=lambda s: [int(d) for d in s.split(",") if d], default=[],
+                        help="served, all: after the served part, serve again at each of these batcher delays (latency only; e.g. 0)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")
     parser.add_argument("--precisions", type=lambda s: [t for t in s.split(",") if t], default=[],
                         help="tracks to time side by side, e.g. bf16,fp8 (step and clip, with the kernels each ran)")
@@ -137,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()  # the server's runners load next
         if args.part in ("served", "all"):
             results["served"] = run_served(args, repository)
+            for delay in args.also_queue_delay_us:  # the same latencies at another batcher delay (a restart, same runners)
+                args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+                again = argparse.Namespace(**{**vars(args), "queue_delay_us": delay, "concurrency": [], "perf_analyzer": None})
+                results.setdefault("served_at_queue_delay", {})[str(delay)] = run_served(again, repository)
+        if args.part == "all":  # the in-process side again, now that the GPU has served: its drift over the run
+            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            results["inprocess_control"] = run_inprocess_control(args, repository)
         if args.part == "cpu":
             results["cpu"] = run_cpu(args, repository)
         if args.part == "variants":

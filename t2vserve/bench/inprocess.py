@@ -127,3 +127,21 @@ def step_cache_clips(runners: RunnerPipeline, request: Any, thresholds: list[flo
         out[f"{threshold:g}"] = {"seconds": seconds, "steps": stats.steps, "skipped": stats.skipped, "skipped_steps": stats.skipped_steps}
         print(f"in-process clip with STEP_CACHE={threshold:g}: {seconds:.3f} s, {stats.skipped} of {stats.steps} steps skipped", flush=True)
     return out
+
+
+def run_inprocess_control(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
+    """The runner's denoiser step and the in-process clip again, after the served part (``all``): a control for the
+    GPU's own drift (clocks, temperature) over the run, so served / in-process compares like with like."""
+    geometry = load_geometry(repository)
+    request = bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width)
+    runners = RunnerPipeline(repository, args.runner, args.device, request.precision)
+    denoiser = runners.runners[geometry.tracks[request.precision][0]]
+    feeds = denoiser_feeds(geometry, request, args.device)
+    cuda = args.device == "cuda"
+    results = {"denoiser_step_runner_s": timed(lambda: denoiser.run(feeds), args.step_repeats, 3, cuda)}
+    runners.clip(request)
+    results["inprocess_clip_s"] = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0, cuda=cuda)
+    print(f"control after the served part: runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; "
+          f"in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
+    return results
+

@@ -63,6 +63,7 @@ def served_table(served: dict[str, Any], inprocess: float | None, diffusers: flo
     lines += [
         f"| denoiser step as served (Triton compute) | {served['denoiser_step_served_ms']:.1f} ms |",
         *denoiser_phase_rows(served),
+        *stage_rows(served),
         f"| scheduler overhead per step (BLS round trip + sampler update) | {served['scheduler_overhead_per_step_ms']:.2f} ms |",
         f"| server start -> READY (model load, warm-up of every batch size) | {served.get('start_to_ready_s', float('nan')):.1f} s |",
         f"| first request after READY | {served['first_request_s']:.1f} s |",
@@ -90,6 +91,16 @@ def denoiser_phase_rows(served: dict[str, Any]) -> list[str]:
     return rows
 
 
+def stage_rows(served: dict[str, Any]) -> list[str]:
+    """Each entry's stages as its stub timed them (T2V_STAGE_TIMING): per execution, or per request for the loop."""
+    rows = []
+    for entry, stages in sorted(served.get("stage_ms_per_record", {}).items()):
+        split = ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items() if name not in ("records", "batch", "steps"))
+        per = f"request ({stages['steps']:.0f} steps)" if "steps" in stages else "execution"
+        rows.append(f"| {entry} in its stub, ms per {per} (CUDA-synchronised) | {split} |")
+    return rows
+
+
 def work_table(served: dict[str, Any]) -> list[str]:
     """Per concurrency, what the denoiser and scheduler did per clip (Triton statistics): the diagnosis of a ratio."""
     work = {int(k): v for k, v in served.get("work_per_clip_by_concurrency", {}).items()}
@@ -109,6 +120,35 @@ def work_table(served: dict[str, Any]) -> list[str]:
     return lines
 
 
+def control_rows(served: dict[str, Any], before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+    """The in-process side timed again after the served part (``all``): the overhead against both in-process runs."""
+    if not after:
+        return []
+    lines = ["", "| control: in-process again after the served part | value |", "|---|---|",
+             f"| runner denoiser step before / after | {_ms(before['denoiser_step_runner_s'])} / {_ms(after['denoiser_step_runner_s'])} |",
+             f"| in-process clip before / after | {before['inprocess_clip_s']:.3f} s / {after['inprocess_clip_s']:.3f} s |"]
+    mean = (before["inprocess_clip_s"] + after["inprocess_clip_s"]) / 2
+    lines.append(f"| serving overhead against their mean: full response / MP4 only | {served['served_clip_s'] / mean:.3f} / "
+                 f"{served.get('served_clip_mp4_only_s', float('nan')) / mean:.3f} |")
+    return lines + [""]
+
+
+def delay_rows(runs: dict[str, dict[str, Any]], inprocess: float | None, control: dict[str, Any] | None) -> list[str]:
+    """The served latencies again at other batcher delays (``--also-queue-delay-us``), against the in-process clip."""
+    if not runs or not inprocess:
+        return []
+    base = (inprocess + control["inprocess_clip_s"]) / 2 if control else inprocess
+    lines = ["", "| denoiser batcher delay | served clip: full / MP4 only | served / in-process: full / MP4 only | loop in its stub per step: loop / BLS |",
+             "|---|---|---|---|"]
+    for delay, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
+        loop = r.get("stage_ms_per_record", {}).get("scheduler", {})
+        steps = loop.get("steps") or 1
+        split = f"{loop['loop'] / steps:.2f} / {loop['bls'] / steps:.2f} ms" if "bls" in loop else "-"
+        lines.append(f"| {delay} us | {r['served_clip_s']:.3f} / {r['served_clip_mp4_only_s']:.3f} s | "
+                     f"{r['served_clip_s'] / base:.3f} / {r['served_clip_mp4_only_s'] / base:.3f} | {split} |")
+    return lines + [""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     inprocess = results.get("inprocess")
@@ -119,6 +159,8 @@ def markdown(results: dict[str, Any]) -> str:
     if served:
         base = inprocess or served
         lines += served_table(served, base.get("inprocess_clip_s"), base.get("diffusers_clip_s"))
+        lines += control_rows(served, base, results.get("inprocess_control"))
+        lines += delay_rows(results.get("served_at_queue_delay", {}), base.get("inprocess_clip_s"), results.get("inprocess_control"))
         lines += tracks_table(served["tracks"], served=True) if served.get("tracks") else []
     if results.get("variants"):
         lines += variants_table(results["variants"])

@@ -19,6 +19,7 @@ from typing import Any
 from ..client import GenerationRequest, T2VClient
 from ..spec import MP4, SCHEDULER_INSTANCES
 from ..server import EmbeddedTritonServer
+from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 from ..video import encode_mp4
 from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed
 from .tracks import served_tracks
@@ -68,7 +69,10 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         # every denoiser output itself (t2vserve.placement)
         os.environ["T2V_ASSERT_DEVICE"] = "cuda"
         os.environ["T2V_STUB_NUMPY1"] = "1"  # client/gpu_bench.sh: numpy 1.x for Triton's Python stubs only
-    log = Path(args.out).parent / "bench-tritonserver.log"
+    # every runner execution and sampling-loop request logs its stages' milliseconds (read back below)
+    os.environ[STAGE_TIMING_ENV] = "1"
+    delay = "" if args.queue_delay_us is None else f"-delay{args.queue_delay_us}us"
+    log = Path(args.out).parent / f"bench-tritonserver{delay}.log"
 
     def checkpoint() -> None:  # partial results survive a run cut short
         Path(args.out).with_suffix(".served-partial.json").write_text(json.dumps({"served": results, "partial": True}, indent=2, default=str) + "\n")
@@ -98,10 +102,14 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
                 load(server.grpc_url, request, min(max(args.concurrency), SCHEDULER_INSTANCES), 1)
                 results["warmup_batched_s"] = time.perf_counter() - start
             checkpoint()
-            before = model_stats(server.grpc_url)
+            before, log_offset = model_stats(server.grpc_url), log.stat().st_size
             # a new prompt each time: the text encoder runs as in-process (the conditioning cache would skip it)
             latencies = [client.generate(replace(request, prompt=f"{request.prompt}, take {i}")).seconds for i in range(args.repeats)]
             after = model_stats(server.grpc_url)
+            time.sleep(0.5)  # the stubs' last log lines reach the server log
+            with log.open(errors="replace") as text:  # the timed requests' stages, as each entry's stub saw them
+                text.seek(log_offset)
+                results["stage_ms_per_record"] = parse_stage_lines(text.read())
             # the frames stay on the server: what a client wanting the MP4 only waits
             results["served_clip_mp4_only_s"] = statistics.median(
                 [client.generate(replace(request, prompt=f"{request.prompt}, mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])

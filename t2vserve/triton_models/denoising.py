@@ -33,6 +33,7 @@ from ..spec import DEADLINE, KV, NOISE_PRED, SAMPLE, TIMESTEP
 from ..geometry import GEOMETRY_FILE, ModelGeometry
 from ..step_cache import STEP_METRICS, StepCache, StepCacheStats
 from .common import RequestCancelled, TimeLimitExceeded, infer, version_dir
+from .stage_timing import StageTimer, stage_timing_enabled
 from .tensors import from_torch, to_torch
 
 
@@ -88,6 +89,10 @@ class DenoisingLoop:
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: sampling loop on {self.placement.describe()}")
         self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
         self.host_inputs = 0  # requests whose K/V arrived in host memory
+        # Bench (T2V_STAGE_TIMING=1): per request, the milliseconds in BLS denoiser calls and in the loop's own work
+        device = self.placement.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device is not None else None
+        self.timer = StageTimer(args["model_name"], pb_utils.Logger.log_info, sync) if stage_timing_enabled() else None
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -132,6 +137,10 @@ class DenoisingLoop:
         device = place.loop_device(kv)
         latents = initial_latents(self.geometry, int(scalar("HEIGHT")), int(scalar("WIDTH")), int(scalar("NUM_FRAMES")), int(scalar("SEED")), device)
 
+        timer = self.timer
+        if timer is not None:
+            timer.start()
+
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             guard.check()
             batch = sample.shape[0]
@@ -139,7 +148,11 @@ class DenoisingLoop:
                 kv_rows[batch] = from_torch(KV, conditioning_rows(kv, batch))
             # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
             step_inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]]
+            if timer is not None:
+                timer.mark("loop")
             (output,) = infer(entry, step_inputs, [NOISE_PRED], device=device)  # the output asked for where the loop runs
+            if timer is not None:
+                timer.mark("bls")
             return place.check(NOISE_PRED, to_torch(output), f"output of {entry}").to(sample.device)
 
         cache = StepCache(float(scalar("STEP_CACHE")))
@@ -154,6 +167,10 @@ class DenoisingLoop:
         sampler = self.samplers[scalar("SAMPLER").decode("utf-8")]
         precision = scalar("PRECISION").decode("utf-8")
         try:
-            return denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
+            latents = denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
+            if timer is not None:
+                timer.mark("loop")
+                timer.finish(steps=steps)
+            return latents
         finally:
             self.metrics.publish(cache.stats)

@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from ..runners import KERNELS_LOG, batch_or_each, make_runner
 from .common import config_parameter, error_response, model_config, version_dir
+from .stage_timing import StageTimer, stage_timing_enabled
 from .tensors import from_torch, to_torch
 
 
@@ -35,6 +36,10 @@ class TritonPythonModel:
                 pb_utils.Logger.log_info(f"{args['model_name']}: warmed up ({timings})")
         # Debug (bench on the GPU machine): T2V_ASSERT_DEVICE=cuda checks every input arrives on the GPU.
         self.assert_device = os.environ.get("T2V_ASSERT_DEVICE") or None
+        # Bench (T2V_STAGE_TIMING=1): each execution's inputs / run / outputs milliseconds in the server log
+        device = getattr(self.runner, "device", None)
+        sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else None
+        self.timer = StageTimer(args["model_name"], pb_utils.Logger.log_info, sync) if stage_timing_enabled() else None
 
     def _inputs(self, request) -> dict[str, torch.Tensor]:
         inputs = {name: to_torch(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
@@ -53,18 +58,29 @@ class TritonPythonModel:
 
     def _execute_one(self, request) -> "pb_utils.InferenceResponse":
         try:
-            outputs = self.runner.run(self._inputs(request))
-            return pb_utils.InferenceResponse([from_torch(name, outputs[name]) for name in self.output_names])
+            return self._execute_batch([request])[0]
         except Exception as exc:
             return error_response(exc)
 
     def _execute_batch(self, requests: list) -> list:
+        timer = self.timer
+        if timer is not None:
+            timer.start()
         per_request = [self._inputs(request) for request in requests]
         sizes = [inputs[self.input_names[0]].shape[0] for inputs in per_request]
-        joined = {name: torch.cat([inputs[name] for inputs in per_request]) for name in self.input_names}
+        # one request (the unbatched entries, a lone request): its tensors as they are, no copy
+        joined = per_request[0] if len(per_request) == 1 else {name: torch.cat([inputs[name] for inputs in per_request]) for name in self.input_names}
+        if timer is not None:
+            timer.mark("inputs")
         outputs = self.runner.run(joined)
-        split = {name: torch.split(outputs[name], sizes) for name in self.output_names}
-        return [
+        if timer is not None:
+            timer.mark("run")
+        split = {name: [outputs[name]] if len(requests) == 1 else torch.split(outputs[name], sizes) for name in self.output_names}
+        responses = [
             pb_utils.InferenceResponse([from_torch(name, split[name][i]) for name in self.output_names])
             for i in range(len(requests))
         ]
+        if timer is not None:
+            timer.mark("outputs")
+            timer.finish(batch=sum(sizes))
+        return responses
