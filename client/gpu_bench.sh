@@ -16,8 +16,9 @@
 # kept in /tmp/t2v-bench-$PRESET (WORK overrides it) so a second part on the same (warm) machine reuses them. TAG names the
 # results (bench-$PRESET-$TAG-$part.json) so runs of one preset at other sizes or repeats keep their own.
 # PER_CLIENT: requests per client in the concurrency runs (default 2); QUEUE_DELAY_US: the denoisers' batcher delay
-# for this run (default: the generated config's); ALSO_QUEUE_DELAY_US (e.g. 0): serve again at these delays after the
-# served part (latency only, same runners); T2V_COMPILED_BATCH_SIZES=2: compile one request's size only.
+# for this run (default: the generated config's); ALSO_SERVED (e.g. delay=0,poll=0+gpumetrics=0): serve again with these
+# settings after the served part (latency only, same runners); GPU_POLL_S: nvidia-smi's memory polling interval (0: off);
+# T2V_COMPILED_BATCH_SIZES=2: compile one request's size only.
 # T2V_TORCH_COMPILE=none serves the torch runner eagerly (t2vserve/settings.py; no compile at start).
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
@@ -60,4 +61,4 @@ if [ "$part" = served ] && [ -x "$pa" ] && [ "${PERF:-1}" = 1 ]; then extra=(--p
 preset=${PRESET:-modelscope}
 python3 client/bench.py "$part" --device cuda --preset "$preset" --experts "${EXPERTS:-1}" --steps "${STEPS:-20}" \
   ${FRAMES:+--frames "$FRAMES"} ${HEIGHT:+--height "$HEIGHT"} ${WIDTH:+--width "$WIDTH"} ${STEP_CACHE:+--step-cache "$STEP_CACHE"} --concurrency "${CONCURRENCY-1,2,4}" --work "${WORK:-/tmp/t2v-bench-$preset}" ${SIZES:+--sizes "$SIZES"} ${SERVE_TRACKS:+--serve-tracks "$SERVE_TRACKS"} ${QUALITY:+--quality "$QUALITY"} \
-  ${QUEUE_DELAY_US:+--queue-delay-us "$QUEUE_DELAY_US"} ${ALSO_QUEUE_DELAY_US:+--also-queue-delay-us "$ALSO_QUEUE_DELAY_US"} --repeats "${REPEATS:-2}" --per-client "${PER_CLIENT:-2}" ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset${TAG:+-$TAG}-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset${TAG:+-$TAG}-$part.log"
+  ${QUEUE_DELAY_US:+--queue-delay-us "$QUEUE_DELAY_US"} ${ALSO_SERVED:+--also-served "$ALSO_SERVED"} ${GPU_POLL_S:+--gpu-poll-s "$GPU_POLL_S"} --repeats "${REPEATS:-2}" --per-client "${PER_CLIENT:-2}" ${PRECISION:+--precisions "$PRECISION"} --out "$out/bench-$preset${TAG:+-$TAG}-$part.json" "${extra[@]}" 2>&1 | grep --line-buffered -v "Collecting tensor\|histogram\|Dynamo detected\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/bench-$preset${TAG:+-$TAG}-$part.log"

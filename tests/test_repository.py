@@ -195,3 +195,15 @@ def test_the_benchmark_sets_the_denoisers_batcher_delay_and_nothing_else(tmp_pat
         now = (tmp_path / relative).read_text()
         assert now == (text.replace(f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}", "max_queue_delay_microseconds: 0")
                        if relative in batched else text)
+
+
+def test_a_served_variant_restates_the_batcher_delay() -> None:
+    """``bench --also-served``: each variant names its settings; the batcher delay defaults to the generated one,
+    since a variant before it may have rewritten the repository's configs; an unknown key is refused."""
+    from t2vserve.bench import served_variant
+    from t2vserve.spec import DENOISER_QUEUE_DELAY_US
+
+    assert served_variant("poll=0+gpumetrics=0") == {"queue_delay_us": DENOISER_QUEUE_DELAY_US, "gpu_poll_s": 0.0, "gpu_metrics": 0}
+    assert served_variant("delay=0") == {"queue_delay_us": 0}
+    with pytest.raises(ValueError, match="delay, poll, gpumetrics"):
+        served_variant("batch=4")

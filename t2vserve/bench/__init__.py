@@ -77,6 +77,25 @@ def run_cpu(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     return results
 
 
+#: ``--also-served`` keys -> (bench argument, type); every variant restates the batcher delay (the generated
+#: default unless given), since setting one rewrites the repository's configs.
+VARIANT_KEYS = {"delay": ("queue_delay_us", int), "poll": ("gpu_poll_s", float), "gpumetrics": ("gpu_metrics", int)}
+
+
+def served_variant(text: str) -> dict[str, Any]:
+    """``delay=0+poll=0`` -> {"queue_delay_us": 0, "gpu_poll_s": 0.0, ...}: the served part's arguments for one variant."""
+    from ..spec import DENOISER_QUEUE_DELAY_US
+
+    settings: dict[str, Any] = {"queue_delay_us": DENOISER_QUEUE_DELAY_US}
+    for item in text.split("+"):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS or not value:
+            raise ValueError(f"--also-served: {item!r} is not key=value with key one of {', '.join(VARIANT_KEYS)}")
+        name, kind = VARIANT_KEYS[key]
+        settings[name] = kind(value)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="t2vserve benchmarks")
     parser.add_argument("part", choices=("cpu", "inprocess", "served", "all", "report", "variants", "prefill"))
@@ -96,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",") if c], default=[1, 2, 4], help="e.g. 1,2,4 (empty: none)")
     parser.add_argument("--queue-delay-us", type=int, default=None,
                         help="served: set the denoisers' dynamic-batcher delay to this (default: the generated config's)")
-    parser.add_argument("--also-queue-delay-us", type=lambda s: [int(d) for d in s.split(",") if d], default=[],
-                        help="served, all: after the served part, serve again at each of these batcher delays (latency only; e.g. 0)")
+    parser.add_argument("--gpu-poll-s", type=float, default=0.5, help="served: nvidia-smi's GPU-memory polling interval (0: off)")
+    parser.add_argument("--gpu-metrics", type=int, choices=(0, 1), default=1, help="served: Triton's GPU metrics (0: --allow-gpu-metrics=false)")
+    parser.add_argument("--also-served", type=lambda s: [v for v in s.split(",") if v], default=[],
+                        help="served, all: after the served part, serve again (latency only, same runners) with each of these "
+                        "settings, e.g. delay=0,poll=0+gpumetrics=0 (delay: batcher delay in us; poll: --gpu-poll-s; gpumetrics: 0/1)")
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the concurrency runs")
     parser.add_argument("--precisions", type=lambda s: [t for t in s.split(",") if t], default=[],
                         help="tracks to time side by side, e.g. bf16,fp8 (step and clip, with the kernels each ran)")
@@ -139,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()  # the server's runners load next
         if args.part in ("served", "all"):
             results["served"] = run_served(args, repository)
-            for delay in args.also_queue_delay_us:  # the same latencies at another batcher delay (a restart, same runners)
+            for variant in args.also_served:  # the same latencies with other settings (a restart, same runners)
                 args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-                again = argparse.Namespace(**{**vars(args), "queue_delay_us": delay, "concurrency": [], "perf_analyzer": None})
-                results.setdefault("served_at_queue_delay", {})[str(delay)] = run_served(again, repository)
+                again = argparse.Namespace(**{**vars(args), **served_variant(variant), "concurrency": [], "perf_analyzer": None})
+                results.setdefault("served_variants", {})[variant] = run_served(again, repository)
         if args.part == "all":  # the in-process side again, now that the GPU has served: its drift over the run
             args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
             results["inprocess_control"] = run_inprocess_control(args, repository)

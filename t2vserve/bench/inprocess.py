@@ -139,9 +139,15 @@ def run_inprocess_control(args: argparse.Namespace, repository: Path) -> dict[st
     feeds = denoiser_feeds(geometry, request, args.device)
     cuda = args.device == "cuda"
     results = {"denoiser_step_runner_s": timed(lambda: denoiser.run(feeds), args.step_repeats, 3, cuda)}
+    if cuda:  # the same steps while nvidia-smi polls as the served part's GpuMemoryPoller does: what the polling costs
+        from .served import GpuMemoryPoller
+
+        with GpuMemoryPoller(args.gpu_poll_s or 0.5):
+            results["denoiser_step_runner_nvidia_smi_s"] = timed(lambda: denoiser.run(feeds), max(args.step_repeats, 30), 3, cuda)
     runners.clip(request)
     results["inprocess_clip_s"] = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0, cuda=cuda)
-    print(f"control after the served part: runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms; "
+    print(f"control after the served part: runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms "
+          f"({results.get('denoiser_step_runner_nvidia_smi_s', float('nan')) * 1e3:.1f} ms while nvidia-smi polls); "
           f"in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
     return results
 

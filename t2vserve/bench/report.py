@@ -127,25 +127,29 @@ def control_rows(served: dict[str, Any], before: dict[str, Any], after: dict[str
     lines = ["", "| control: in-process again after the served part | value |", "|---|---|",
              f"| runner denoiser step before / after | {_ms(before['denoiser_step_runner_s'])} / {_ms(after['denoiser_step_runner_s'])} |",
              f"| in-process clip before / after | {before['inprocess_clip_s']:.3f} s / {after['inprocess_clip_s']:.3f} s |"]
+    if after.get("denoiser_step_runner_nvidia_smi_s"):
+        lines.append(f"| runner denoiser step after, while nvidia-smi polls GPU memory (as the served part does) | {_ms(after['denoiser_step_runner_nvidia_smi_s'])} |")
     mean = (before["inprocess_clip_s"] + after["inprocess_clip_s"]) / 2
     lines.append(f"| serving overhead against their mean: full response / MP4 only | {served['served_clip_s'] / mean:.3f} / "
                  f"{served.get('served_clip_mp4_only_s', float('nan')) / mean:.3f} |")
     return lines + [""]
 
 
-def delay_rows(runs: dict[str, dict[str, Any]], inprocess: float | None, control: dict[str, Any] | None) -> list[str]:
-    """The served latencies again at other batcher delays (``--also-queue-delay-us``), against the in-process clip."""
+def variant_rows(runs: dict[str, dict[str, Any]], inprocess: float | None, control: dict[str, Any] | None) -> list[str]:
+    """The served latencies again with other settings (``--also-served``), against the in-process clip."""
     if not runs or not inprocess:
         return []
     base = (inprocess + control["inprocess_clip_s"]) / 2 if control else inprocess
-    lines = ["", "| denoiser batcher delay | served clip: full / MP4 only | served / in-process: full / MP4 only | loop in its stub per step: loop / BLS |",
-             "|---|---|---|---|"]
-    for delay, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
-        loop = r.get("stage_ms_per_record", {}).get("scheduler", {})
+    lines = ["", "| served again with | served clip: full / MP4 only | served / in-process: full / MP4 only | "
+             "loop in its stub per step: loop / BLS | denoiser run in its stub |", "|---|---|---|---|---|"]
+    for variant, r in runs.items():
+        stages = r.get("stage_ms_per_record", {})
+        loop, denoiser = stages.get("scheduler", {}), next((stages[e] for e in r.get("denoiser_entries", []) if e in stages), {})
         steps = loop.get("steps") or 1
         split = f"{loop['loop'] / steps:.2f} / {loop['bls'] / steps:.2f} ms" if "bls" in loop else "-"
-        lines.append(f"| {delay} us | {r['served_clip_s']:.3f} / {r['served_clip_mp4_only_s']:.3f} s | "
-                     f"{r['served_clip_s'] / base:.3f} / {r['served_clip_mp4_only_s'] / base:.3f} | {split} |")
+        run = f"{denoiser['run']:.1f} ms" if "run" in denoiser else "-"
+        lines.append(f"| {variant} | {r['served_clip_s']:.3f} / {r['served_clip_mp4_only_s']:.3f} s | "
+                     f"{r['served_clip_s'] / base:.3f} / {r['served_clip_mp4_only_s'] / base:.3f} | {split} | {run} |")
     return lines + [""]
 
 
@@ -160,7 +164,7 @@ def markdown(results: dict[str, Any]) -> str:
         base = inprocess or served
         lines += served_table(served, base.get("inprocess_clip_s"), base.get("diffusers_clip_s"))
         lines += control_rows(served, base, results.get("inprocess_control"))
-        lines += delay_rows(results.get("served_at_queue_delay", {}), base.get("inprocess_clip_s"), results.get("inprocess_control"))
+        lines += variant_rows(results.get("served_variants", {}), base.get("inprocess_clip_s"), results.get("inprocess_control"))
         lines += tracks_table(served["tracks"], served=True) if served.get("tracks") else []
     if results.get("variants"):
         lines += variants_table(results["variants"])

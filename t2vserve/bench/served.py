@@ -39,7 +39,7 @@ class GpuMemoryPoller:
             self.peak_mib = max([self.peak_mib, *(int(v) for v in out.split() if v.isdigit())])
 
     def __enter__(self) -> "GpuMemoryPoller":
-        if shutil.which("nvidia-smi"):
+        if self.interval_s > 0 and shutil.which("nvidia-smi"):  # 0: off (the bench's --gpu-poll-s)
             self._thread.start()
         return self
 
@@ -71,8 +71,11 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         os.environ["T2V_STUB_NUMPY1"] = "1"  # client/gpu_bench.sh: numpy 1.x for Triton's Python stubs only
     # every runner execution and sampling-loop request logs its stages' milliseconds (read back below)
     os.environ[STAGE_TIMING_ENV] = "1"
-    delay = "" if args.queue_delay_us is None else f"-delay{args.queue_delay_us}us"
-    log = Path(args.out).parent / f"bench-tritonserver{delay}.log"
+    tag = "" if args.queue_delay_us is None else f"-delay{args.queue_delay_us}us"
+    tag += "" if args.gpu_poll_s else "-nopoll"
+    tag += "" if args.gpu_metrics else "-nogpumetrics"
+    log = Path(args.out).parent / f"bench-tritonserver{tag}.log"
+    results["gpu_poll_s"], results["gpu_metrics"] = args.gpu_poll_s, bool(args.gpu_metrics)
 
     def checkpoint() -> None:  # partial results survive a run cut short
         Path(args.out).with_suffix(".served-partial.json").write_text(json.dumps({"served": results, "partial": True}, indent=2, default=str) + "\n")
@@ -84,7 +87,9 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     results["cuda_memory_pool_mb"] = pool
     denoiser = geometry.tracks[request.precision or geometry.default_precision][0]
     load_start = time.perf_counter()
-    with GpuMemoryPoller() as memory, EmbeddedTritonServer(repository, runner=args.runner, log_path=log, cuda_memory_pool_mb=pool, startup_timeout_s=900) as server:
+    extra = () if args.gpu_metrics else ("--allow-gpu-metrics=false",)
+    with GpuMemoryPoller(args.gpu_poll_s) as memory, EmbeddedTritonServer(repository, runner=args.runner, log_path=log, cuda_memory_pool_mb=pool,
+                                                                       startup_timeout_s=900, extra_args=extra) as server:
         results["start_to_ready_s"] = time.perf_counter() - load_start  # model load + warm-up (compiles)
         print(f"READY after {results['start_to_ready_s']:.1f} s", flush=True)
         with T2VClient(server.grpc_url) as client:
