@@ -6,6 +6,7 @@ with the step cache at each ``--step-cache`` threshold (seconds, steps skipped).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -146,8 +147,60 @@ def run_inprocess_control(args: argparse.Namespace, repository: Path) -> dict[st
             results["denoiser_step_runner_nvidia_smi_s"] = timed(lambda: denoiser.run(feeds), max(args.step_repeats, 30), 3, cuda)
     runners.clip(request)
     results["inprocess_clip_s"] = timed(lambda: runners.clip(request), repeats=args.repeats, warmup=0, cuda=cuda)
+    if cuda:  # the step in a fresh process, with this process's environment and with the one the server gives its stubs
+        del runners, denoiser
+        torch.cuda.empty_cache()
+        results["denoiser_step_subprocess_s"] = {env: step_in_subprocess(args, repository, request, env == "server") for env in ("bench", "server")}
     print(f"control after the served part: runner denoiser step {results['denoiser_step_runner_s'] * 1e3:.1f} ms "
           f"({results.get('denoiser_step_runner_nvidia_smi_s', float('nan')) * 1e3:.1f} ms while nvidia-smi polls); "
           f"in-process clip {results['inprocess_clip_s']:.3f} s", flush=True)
     return results
+
+
+def step_in_subprocess(args: argparse.Namespace, repository: Path, request: Any, server_environment: bool) -> float:
+    """The denoiser entry's runner step timed in a new Python process (``python -m t2vserve.bench.inprocess``), with
+    this process's environment or with the one ``EmbeddedTritonServer`` gives tritonserver and so its stubs (library
+    path, thread counts, the stubs' numpy): whether the stub's slower step comes with its process, not with Triton."""
+    import json
+    import subprocess
+    import sys
+
+    from ..server import EmbeddedTritonServer
+
+    env = dict(os.environ)
+    if server_environment:
+        env = {**EmbeddedTritonServer(repository, runner=args.runner).environment(), "T2V_STUB_NUMPY1": "1"}
+    command = [sys.executable, "-m", "t2vserve.bench.inprocess", str(repository), args.runner, args.device, str(request.precision),
+               str(request.height), str(request.width), str(request.num_frames), str(request.steps), str(args.step_repeats)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"step in a subprocess failed: {done.stderr[-2000:]}", flush=True)
+        return float("nan")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def _step_main(argv: list[str]) -> None:
+    """``python -m t2vserve.bench.inprocess REPOSITORY RUNNER DEVICE PRECISION HEIGHT WIDTH FRAMES STEPS REPEATS``: the
+    denoiser entry's runner alone, one CFG pair at that size; prints {"seconds": median}."""
+    import json
+
+    from ..runners import make_runner
+    from .common import runner_config
+
+    repository, runner, device = Path(argv[0]), argv[1], argv[2]
+    height, width, frames, steps, repeats = (int(v) for v in argv[4:9])
+    geometry = load_geometry(repository)
+    request = bench_request(geometry, steps, frames, argv[3], height=height, width=width)
+    entry = geometry.tracks[request.precision][0]
+    config = runner_config(repository, entry, runner)
+    denoiser = make_runner(config["parameters"]["runner"]["string_value"], repository / entry / "1", config)
+    feeds = denoiser_feeds(geometry, request, device)
+    denoiser.run(feeds)  # compiles (the cache is warm after the served part)
+    print(json.dumps({"seconds": timed(lambda: denoiser.run(feeds), repeats, 3, device == "cuda")}), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _step_main(sys.argv[1:])
 

@@ -127,6 +127,8 @@ def control_rows(served: dict[str, Any], before: dict[str, Any], after: dict[str
     lines = ["", "| control: in-process again after the served part | value |", "|---|---|",
              f"| runner denoiser step before / after | {_ms(before['denoiser_step_runner_s'])} / {_ms(after['denoiser_step_runner_s'])} |",
              f"| in-process clip before / after | {before['inprocess_clip_s']:.3f} s / {after['inprocess_clip_s']:.3f} s |"]
+    for env, seconds in after.get("denoiser_step_subprocess_s", {}).items():
+        lines.append(f"| runner denoiser step in a new process, {env} environment | {_ms(seconds)} |")
     if after.get("denoiser_step_runner_nvidia_smi_s"):
         lines.append(f"| runner denoiser step after, while nvidia-smi polls GPU memory (as the served part does) | {_ms(after['denoiser_step_runner_nvidia_smi_s'])} |")
     mean = (before["inprocess_clip_s"] + after["inprocess_clip_s"]) / 2
