@@ -5,6 +5,8 @@
 #   bash client/gpu_bench.sh served    [WHEEL_DIR] # tritonserver + torch runner: latency, overhead, load, perf_analyzer
 #   bash client/gpu_bench.sh variants  [WHEEL_DIR] # make quality's tracks at full size, in-process (QUALITY=docs/quality.json
 #                                                  # joins the CPU report's fidelity columns): one table per family
+#   bash client/gpu_bench.sh probe     [WHEEL_DIR] # one denoiser step alone / while nvidia-smi polls / beside idle CUDA
+#                                                  # contexts / in a new process with the server's environment
 #   bash client/gpu_bench.sh prefill   [WHEEL_DIR] # torch.compile caches of the denoiser entries, all at once (SIZES=2: the
 #                                                  # CFG pair only), for a later part with the same T2V_COMPILE_CACHE_DIR
 # SERVE_TRACKS (e.g. fp16) exports only those tracks' denoiser entries: the others load and compile nothing.
@@ -52,6 +54,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # an earlier run's tritonserver may still be shutting down (its stubs hold GPU memory): wait up to 2 minutes
 [ "$part" = served ] && for _ in $(seq 60); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 2; done
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+# probe (needs only .whl5's diffusers and nvidia-pytriton): the stock denoiser's step under the conditions that differ
+# between the bench process and a server's stubs (t2vserve/bench/probe.py)
+[ "$part" = probe ] && { python3 -m t2vserve.bench.probe --preset "${PRESET:-modelscope}" --out "$out/probe-${PRESET:-modelscope}.json"; exit; }
 python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
 T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); import diffusers, transformers, av, t2vserve.families'
 

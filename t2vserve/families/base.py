@@ -255,6 +255,11 @@ class Family:
         """(sample, timestep [B], text embeddings) -> output, as the family's diffusers pipeline calls its denoiser."""
         raise NotImplementedError
 
+    def full_size_denoiser(self, preset: str, dtype: torch.dtype, device: str) -> tuple[Callable[..., torch.Tensor], tuple[int, ...], tuple[int, ...]]:
+        """The stock denoiser alone at ``preset``'s full size (random weights; diffusers only, no text encoder or VAE)
+        as ``stock_denoiser`` calls it, with the shapes of one request's sample and text embeddings (``bench.probe``)."""
+        raise NotImplementedError(f"the {self.name} family has no full-size denoiser probe")
+
     def constants(self, geometry: ModelGeometry) -> dict[str, int]:
         """Values of the model's constant symbolic axes (text length, widths, channels)."""
         return {

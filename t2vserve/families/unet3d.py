@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, TEXT_ENCODER, VAE_DECODER
+from ..spec import DENOISER, DISTILLED_TRACK, KV_PROJECTOR, PRESETS, TEXT_ENCODER, VAE_DECODER
 from ..geometry import KVLayout, ModelGeometry
 from .base import DECODER_IO, DENOISER_IO, PACKED_KV, TEXT_IDS, TEXT_OUT, Family, Slot, Uint8Frames, load_model, read_scheduler_config
 
@@ -317,6 +317,18 @@ class UNet3DFamily(Family):
             return pipe.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
 
         return call
+
+    def full_size_denoiser(self, preset: str, dtype: torch.dtype, device: str) -> tuple[Callable[..., torch.Tensor], tuple[int, ...], tuple[int, ...]]:
+        from types import SimpleNamespace
+
+        from diffusers import UNet3DConditionModel
+
+        torch.manual_seed(0)
+        with torch.device(device):
+            unet = UNet3DConditionModel(**MODELSCOPE_UNET).to(dtype).eval()
+        size, down = PRESETS[preset], 2 ** (len(MODELSCOPE_VAE["block_out_channels"]) - 1)
+        sample = (MODELSCOPE_UNET["in_channels"], size.num_frames, size.height // down, size.width // down)
+        return self.stock_denoiser(SimpleNamespace(unet=unet)), sample, (MODELSCOPE_TEXT["max_position_embeddings"], MODELSCOPE_UNET["cross_attention_dim"])
 
     def save_denoiser(self, module: nn.Module, directory: Path) -> None:
         if not isinstance(module, CachedKVUNet):
