@@ -16,6 +16,7 @@ and exits ``EXIT_STUB_LOST`` for a supervisor to restart it (``--keep-serving-on
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import functools
 import os
@@ -98,6 +99,23 @@ def _backend_dir(root: Path) -> Path:
     shutil.copytree(root / "backends" / "python", python_dir)
     shutil.copy2(stub, python_dir / "triton_python_backend_stub")
     return backend_dir
+
+
+@functools.lru_cache(maxsize=1)
+def python_library_dir() -> str | None:
+    """A directory (one per process, removed at exit) holding only a link to this interpreter's shared libpython,
+    which the Python-backend stub links: what the stubs' LD_LIBRARY_PATH needs. Not sysconfig's LIBDIR itself, which
+    may be a system library directory: on Ubuntu's Python it is /usr/lib/x86_64-linux-gnu, whose cuDNN 9.14 then
+    shadowed the cuDNN 9.19 torch ships in every stub (GPU round 6: the UNet step 5 % slower served than in-process).
+    None for an interpreter without a shared libpython (its stub cannot load it either)."""
+    name = sysconfig.get_config_var("INSTSONAME")
+    library = Path(str(sysconfig.get_config_var("LIBDIR"))) / str(name)
+    if not name or not library.is_file():
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="t2vserve-libpython-"))
+    (directory / library.name).symlink_to(library)
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(directory)
 
 
 #: Signals that stop the foreground launcher (forwarded to tritonserver, which shuts down gracefully on both).
@@ -187,7 +205,9 @@ class EmbeddedTritonServer:
     def environment(self) -> dict[str, str]:
         root = _pytriton_root()
         env = dict(os.environ)
-        libdirs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+        # the stub links libpython: a directory holding only that library, never sysconfig's LIBDIR itself (python_library_dir)
+        libpython = python_library_dir()
+        libdirs = [str(root.parent.parent / "nvidia_pytriton.libs"), *([libpython] if libpython else [])]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
         # The stub's embedded interpreter ignores PYTHONPATH and finds its prefix through the first python3
         # on PATH: put this interpreter (a virtual environment's, typically) first so the stub sees the

@@ -240,3 +240,19 @@ def test_torch_compile_mode_env_overrides_the_entry_config(monkeypatch) -> None:
     monkeypatch.setenv(TORCH_COMPILE_ENV, "fast")
     with pytest.raises(ValueError, match="T2V_TORCH_COMPILE.*'fast'.*allowed: none, default"):
         torch_compile_mode("default")
+
+
+def test_the_stubs_library_path_adds_libpython_alone() -> None:
+    """The stub links libpython, so the stubs' LD_LIBRARY_PATH gets a directory holding that library only, never
+    sysconfig's LIBDIR: on Ubuntu's Python that is /usr/lib/x86_64-linux-gnu, whose cuDNN shadowed the one torch ships
+    (GPU round 6). Every test that starts a server checks that the stubs still load with it."""
+    import sysconfig
+
+    from t2vserve.server import python_library_dir
+
+    added = EmbeddedTritonServer().environment()["LD_LIBRARY_PATH"].split(os.pathsep)[:2]
+    libpython = python_library_dir()
+    assert libpython is not None and added[1] == libpython and sysconfig.get_config_var("LIBDIR") not in added
+    (link,) = Path(libpython).iterdir()
+    assert link.name == sysconfig.get_config_var("INSTSONAME")
+    assert link.resolve() == (Path(sysconfig.get_config_var("LIBDIR")) / link.name).resolve()

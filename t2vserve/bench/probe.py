@@ -44,13 +44,22 @@ def step_seconds(preset: str, repeats: int, device: str = "cuda") -> float:
         return timed(lambda: call(sample, timestep, text), repeats, 3, cuda=device == "cuda")
 
 
+def loaded_cudnn() -> str:
+    """The cuDNN library this process loaded (its path), or "none"."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libcudnn.so" in line and "/" in line}
+    return ", ".join(sorted(paths)) or "none"
+
+
 def in_new_process(preset: str, repeats: int, device: str, env: dict[str, str]) -> float:
     command = [sys.executable, "-m", "t2vserve.bench.probe", "--child", "--preset", preset, "--repeats", str(repeats), "--device", device]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"probe child failed: {done.stderr[-2000:]}", flush=True)
         return float("nan")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  its cuDNN: {child['cudnn']}", flush=True)
+    return float(child["seconds"])
 
 
 def run_probe(preset: str, repeats: int, device: str) -> dict[str, Any]:
@@ -78,6 +87,9 @@ def run_probe(preset: str, repeats: int, device: str) -> dict[str, Any]:
     record("new process, this environment", in_new_process(preset, repeats, device, dict(os.environ)))
     server_env = {**EmbeddedTritonServer().environment(), "T2V_STUB_NUMPY1": "1"}  # as the bench's server gets it
     record("new process, the server's (stubs') environment", in_new_process(preset, repeats, device, server_env))
+    # round 6 found the cause here: the stubs' LD_LIBRARY_PATH put the system's cuDNN before the one torch ships
+    same_libraries = {**server_env, "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
+    record("new process, the server's environment with this LD_LIBRARY_PATH", in_new_process(preset, repeats, device, same_libraries))
     record("alone, again", step_seconds(preset, repeats, device))
     return results
 
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/probe.json"))
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps({"seconds": step_seconds(args.preset, args.repeats, args.device)}), flush=True)
+        print(json.dumps({"seconds": step_seconds(args.preset, args.repeats, args.device), "cudnn": loaded_cudnn()}), flush=True)
         return 0
     results = run_probe(args.preset, args.repeats, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
