@@ -3,7 +3,8 @@
 Each record (one execution of a runner entry, one request of the sampling loop) becomes one server-log line
 ``<entry>: stage ms: <stage> <ms>, ...``; ``t2vserve.bench`` reads them back (``parse_stage_lines``). Marks
 synchronise the CUDA device first, so a stage's milliseconds include the GPU work it queued: where the entry
-synchronises anyway (handing a CUDA tensor to Triton does) this costs nothing.
+synchronises anyway (handing a CUDA tensor to Triton does) this costs nothing. No Triton import here: the bench
+process parses the lines with the same module.
 """
 
 from __future__ import annotations
