@@ -203,3 +203,24 @@ def load(url: str, request: GenerationRequest, concurrency: int, per_client: int
     if errors:
         raise errors[0]
     return concurrency * per_client / (time.perf_counter() - start)
+
+
+def stub_environment() -> dict[str, str]:
+    """The environment the bench's server gives tritonserver and so its Python stubs: ``EmbeddedTritonServer``'s,
+    with the stubs' numpy (``T2V_STUB_NUMPY1``, as ``run_served`` sets it on the GPU machine)."""
+    from ..server import EmbeddedTritonServer
+
+    return {**EmbeddedTritonServer().environment(), "T2V_STUB_NUMPY1": "1"}
+
+
+def child_json(command: list[str], env: dict[str, str]) -> dict[str, Any] | None:
+    """Run a bench child process; its last line of output as JSON, or None (its error printed) if it failed."""
+    import json
+    import subprocess
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"{' '.join(command[1:4])} failed: {done.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+

@@ -17,7 +17,7 @@ import torch
 from ..families import get_family
 from ..spec import DENOISER, KV_PROJECTOR, VAE_DECODER
 from ..step_cache import StepCache
-from .common import RunnerPipeline, bench_request, bf16_matmul_peak, environment, load_geometry, timed
+from .common import RunnerPipeline, bench_request, bf16_matmul_peak, child_json, environment, load_geometry, stub_environment, timed
 from .tracks import inprocess_tracks
 
 
@@ -159,24 +159,14 @@ def run_inprocess_control(args: argparse.Namespace, repository: Path) -> dict[st
 
 def step_in_subprocess(args: argparse.Namespace, repository: Path, request: Any, server_environment: bool) -> float:
     """The denoiser entry's runner step timed in a new Python process (``python -m t2vserve.bench.inprocess``), with
-    this process's environment or with the one ``EmbeddedTritonServer`` gives tritonserver and so its stubs (library
-    path, thread counts, the stubs' numpy): whether the stub's slower step comes with its process, not with Triton."""
-    import json
-    import subprocess
+    this process's environment or with the one the server gives its stubs (library path, thread counts, the stubs'
+    numpy): whether the stub's slower step comes with its process, not with Triton."""
     import sys
 
-    from ..server import EmbeddedTritonServer
-
-    env = dict(os.environ)
-    if server_environment:
-        env = {**EmbeddedTritonServer(repository, runner=args.runner).environment(), "T2V_STUB_NUMPY1": "1"}
     command = [sys.executable, "-m", "t2vserve.bench.inprocess", str(repository), args.runner, args.device, str(request.precision),
                str(request.height), str(request.width), str(request.num_frames), str(request.steps), str(args.step_repeats)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"step in a subprocess failed: {done.stderr[-2000:]}", flush=True)
-        return float("nan")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    child = child_json(command, stub_environment() if server_environment else dict(os.environ))
+    return float(child["seconds"]) if child else float("nan")
 
 
 def _step_main(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..families import family_of
-from .common import environment, timed
+from .common import child_json, environment, stub_environment, timed
 
 #: Processes holding an idle CUDA context in the ``idle contexts`` condition (a server's Python stubs: 9 here).
 IDLE_CONTEXTS = 8
@@ -53,17 +53,14 @@ def loaded_cudnn() -> str:
 
 def in_new_process(preset: str, repeats: int, device: str, env: dict[str, str]) -> float:
     command = [sys.executable, "-m", "t2vserve.bench.probe", "--child", "--preset", preset, "--repeats", str(repeats), "--device", device]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"probe child failed: {done.stderr[-2000:]}", flush=True)
+    child = child_json(command, env)
+    if child is None:
         return float("nan")
-    child = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"  its cuDNN: {child['cudnn']}", flush=True)
     return float(child["seconds"])
 
 
 def run_probe(preset: str, repeats: int, device: str) -> dict[str, Any]:
-    from ..server import EmbeddedTritonServer
     from .served import GpuMemoryPoller
 
     results: dict[str, Any] = {"preset": preset, "environment": environment(), "step_ms": {}}
@@ -85,7 +82,7 @@ def run_probe(preset: str, repeats: int, device: str) -> dict[str, Any]:
         for process in idle:
             process.kill()
     record("new process, this environment", in_new_process(preset, repeats, device, dict(os.environ)))
-    server_env = {**EmbeddedTritonServer().environment(), "T2V_STUB_NUMPY1": "1"}  # as the bench's server gets it
+    server_env = stub_environment()
     record("new process, the server's (stubs') environment", in_new_process(preset, repeats, device, server_env))
     # round 6 found the cause here: the stubs' LD_LIBRARY_PATH put the system's cuDNN before the one torch ships
     same_libraries = {**server_env, "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
