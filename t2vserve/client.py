@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -61,6 +61,7 @@ class GenerationRequest:
     preview_every: int | None = None  # t2v_stream only (``T2VClient.stream``): a preview every N steps
     preset: str | None = None  # quality tier: draft | standard | final (explicit parameters override it)
     step_cache: float | None = None  # step cache threshold (0: off; README, Step caching)
+    return_frames: bool | None = None  # False: VIDEO has 0 frames (``T2VClient.generate`` sets it when VIDEO is not asked for)
 
     def tensors(self, parameters: Sequence[Parameter] = PARAMETERS) -> dict[str, np.ndarray]:
         """Input arrays by input name, only for the ``parameters`` that are set."""
@@ -132,13 +133,16 @@ class T2VClient:
         """One clip from the ``t2v`` ensemble (no progress; ``stream`` reports it).
 
         ``outputs``: which of VIDEO, MP4 (and USED_SEED, always sent) the server returns: leaving out
-        VIDEO spares the raw frames on the wire (13 MB at 576x320x24) when only the MP4 is wanted.
+        VIDEO spares the raw frames on the wire (13 MB at 576x320x24) when only the MP4 is wanted, and sends
+        RETURN_FRAMES false so the server does not hand them on between its stages either.
         """
         if request.preview_every:
             raise ValueError("previews come with stream() (t2v_stream); the t2v ensemble has no PREVIEW_EVERY")
         unknown = set(outputs) - set(CLIP_OUTPUTS)
         if unknown or MP4 not in outputs:
             raise ValueError(f"outputs must include {MP4} and be among {CLIP_OUTPUTS}, got {tuple(outputs)}")
+        if VIDEO not in outputs and request.return_frames is None:
+            request = replace(request, return_frames=False)
         outputs = [self._module.InferRequestedOutput(name) for name in dict.fromkeys((*outputs, "USED_SEED"))]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         start = time.perf_counter()

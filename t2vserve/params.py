@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .spec import DEFAULT_TIER, MAX_TIME_LIMIT_S, PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, QUALITY_TIERS, Range, time_limit_range
+from .spec import DEFAULT_TIER, MAX_TIME_LIMIT_S, PARAMETERS, POSTPROCESS_PARAMETERS, PREVIEW_EVERY_RANGE, PROMPT_MAX_CHARS, QUALITY_TIERS, Range, time_limit_range
 from .geometry import ModelGeometry
 
 
@@ -44,14 +44,15 @@ class ResolvedRequest:
     time_limit_s: float = MAX_TIME_LIMIT_S
     step_cache: float = 0.0  # the step cache's threshold (0: off)
     explicit_seed: bool = False  # SEED came with the request (not drawn by the server): the result is reproducible
+    return_frames: bool = True  # VIDEO carries the frames (RETURN_FRAMES)
 
     def response_key(self) -> str:
         """The response cache's key: a digest of everything the denoised latents depend on (texts, steps,
-        guidance, seed, size, track, sampler, step cache; not FPS or TIME_LIMIT_S); empty when the server drew
-        the seed, since then a repeated request asks for a new clip."""
+        guidance, seed, size, track, sampler, step cache; not TIME_LIMIT_S or postprocess's FPS and RETURN_FRAMES);
+        empty when the server drew the seed, since then a repeated request asks for a new clip."""
         if not self.explicit_seed:
             return ""
-        fields = {k: v for k, v in self.resolved().items() if k not in ("FPS", "TIME_LIMIT_S")}
+        fields = {k: v for k, v in self.resolved().items() if k not in ("TIME_LIMIT_S", *POSTPROCESS_PARAMETERS)}
         payload = json.dumps({"prompt": self.prompt, "negative_prompt": self.negative_prompt, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -69,6 +70,7 @@ class ResolvedRequest:
             "SAMPLER": self.sampler,
             "TIME_LIMIT_S": self.time_limit_s,
             "STEP_CACHE": self.step_cache,
+            "RETURN_FRAMES": self.return_frames,
         }
 
 
@@ -102,6 +104,15 @@ def _text(name: str, value: np.ndarray | None, required: bool) -> str:
     if len(text) > PROMPT_MAX_CHARS:
         raise ParameterError(name, f"is {len(text)} characters; allowed at most {PROMPT_MAX_CHARS}")
     return text
+
+
+def _flag(name: str, value: np.ndarray | None, default: bool) -> bool:
+    if value is None:
+        return default
+    raw = _single(name, value)
+    if not isinstance(raw, (bool, np.bool_)):
+        raise ParameterError(name, f"{raw!r} is not a BOOL; allowed true or false")
+    return bool(raw)
 
 
 def _choice(name: str, value: np.ndarray | None, default: str, allowed: tuple[str, ...]) -> str:
@@ -152,6 +163,7 @@ def resolve(inputs: dict[str, np.ndarray | None], geometry: ModelGeometry, max_t
         time_limit_s=_number("TIME_LIMIT_S", inputs.get("TIME_LIMIT_S"), max_time_limit_s, time_limit_range(max_time_limit_s), float),
         step_cache=_number("STEP_CACHE", inputs.get("STEP_CACHE"), defaults["STEP_CACHE"], ranges["STEP_CACHE"], float),
         explicit_seed=seed is not None,
+        return_frames=_flag("RETURN_FRAMES", inputs.get("RETURN_FRAMES"), True),
     )
 
 

@@ -50,7 +50,7 @@ MIN_WINDOW_REQUESTS = 4
 STABILITY_PERCENTAGE = 25
 MAX_TRIALS = 6
 
-_JSON_TYPES: dict[str, type] = {"TYPE_STRING": str, "TYPE_INT32": int, "TYPE_INT64": int, "TYPE_FP32": float}
+_JSON_TYPES: dict[str, type] = {"TYPE_STRING": str, "TYPE_INT32": int, "TYPE_INT64": int, "TYPE_FP32": float, "TYPE_BOOL": bool}
 
 
 def input_data(
@@ -66,7 +66,7 @@ def input_data(
     for name, value in parameters.items():
         if name not in types:
             raise ValueError(f"{name} is not an input of {MODEL}; inputs: {', '.join(types)}")
-        if not isinstance(value, types[name]) or isinstance(value, bool):
+        if not isinstance(value, types[name]) or (isinstance(value, bool) and types[name] is not bool):
             raise ValueError(f"{name} must be {types[name].__name__}, got {value!r}")
     data = [
         {

@@ -45,6 +45,7 @@ from .spec import (
     MP4,
     PARAMETERS,
     POSTPROCESS_INSTANCES,
+    POSTPROCESS_PARAMETERS,
     PREVIEW,
     REMAINING_S,
     RESOLVED_PARAMETERS,
@@ -169,11 +170,11 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     (CONDITIONING_MODEL, {INPUT_IDS: "input_ids"}, {KV: "kv"}),
     (
         "scheduler",
-        {KV: "kv", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n != "FPS"}},
+        {KV: "kv", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{n: _resolved(n) for n in RESOLVED_PARAMETERS if n not in POSTPROCESS_PARAMETERS}},
         {LATENTS: "latents"},
     ),
     ("vae_decoder", {LATENTS: "latents"}, {FRAMES: "frames"}),
-    ("postprocess", {FRAMES: "frames", "FPS": _resolved("FPS")}, {VIDEO: VIDEO, MP4: MP4}),
+    ("postprocess", {FRAMES: "frames", **{n: _resolved(n) for n in POSTPROCESS_PARAMETERS}}, {VIDEO: VIDEO, MP4: MP4}),
 ]
 
 
@@ -316,13 +317,14 @@ def _python_entries(layout: tuple[Slot, ...]) -> dict[str, tuple[str, list[Tenso
         "scheduler": (
             "scheduler",
             [TensorDef(KV, "TYPE_FP32", (-1, -1, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,)), TensorDef(RESPONSE_KEY, "TYPE_STRING", (1,))]
-            + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n != "FPS"],
+            + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n not in POSTPROCESS_PARAMETERS],
             [TensorDef(LATENTS, "TYPE_FP32", (1, -1, -1, -1, -1))],
             {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "response_cache_bytes": str(RESPONSE_CACHE_BYTES)},
         ),
         "postprocess": (
             "postprocess",
-            [frames, TensorDef("FPS", "TYPE_INT32", (1,))],
+            # RETURN_FRAMES optional: a direct caller gets VIDEO by default
+            [frames, *(TensorDef(n, RESOLVED_PARAMETERS[n], (1,), optional=n != "FPS") for n in POSTPROCESS_PARAMETERS)],
             [TensorDef(VIDEO, "TYPE_UINT8", (-1, -1, -1, 3)), TensorDef(MP4, "TYPE_STRING", (1,))],
             {"output_check": "none"},
         ),

@@ -252,6 +252,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("TIME_LIMIT_S", "TYPE_FP32", True, "seconds the request may run; default and maximum: the server's max_time_limit_s"),
     Parameter("PRESET", "TYPE_STRING", True, "quality tier: draft | standard (default) | final (QUALITY_TIERS)"),
     Parameter("STEP_CACHE", "TYPE_FP32", True, "step cache threshold: reuse the previous denoiser output while it barely changes; 0 = off"),
+    Parameter("RETURN_FRAMES", "TYPE_BOOL", True,
+              "whether VIDEO carries the clip's frames (default true); false: VIDEO has 0 frames and the server does not hand the "
+              "frames on (an ensemble computes every output of every step, whichever outputs the client asks for)"),
 )
 
 #: Inputs of the streaming entry ``t2v_stream`` beyond PARAMETERS (validated by the stream model itself).
@@ -272,9 +275,12 @@ RESOLVED_PARAMETERS: dict[str, str] = {
     "SAMPLER": "TYPE_STRING",
     "TIME_LIMIT_S": "TYPE_FP32",
     "STEP_CACHE": "TYPE_FP32",
+    "RETURN_FRAMES": "TYPE_BOOL",
 }
+#: Resolved parameters that only ``postprocess`` reads (the others go to the sampling loop).
+POSTPROCESS_PARAMETERS = ("FPS", "RETURN_FRAMES")
 
 
 #: Config data types of the ensemble's parameters -> numpy dtype and the wire name tritonclient uses.
-NUMPY_DTYPES: dict[str, Any] = {"TYPE_STRING": object, "TYPE_INT32": "int32", "TYPE_INT64": "int64", "TYPE_FP32": "float32"}
-WIRE_DTYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP32": "FP32"}
+NUMPY_DTYPES: dict[str, Any] = {"TYPE_STRING": object, "TYPE_INT32": "int32", "TYPE_INT64": "int64", "TYPE_FP32": "float32", "TYPE_BOOL": "bool"}
+WIRE_DTYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP32": "FP32", "TYPE_BOOL": "BOOL"}

@@ -75,10 +75,11 @@ def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
 
 def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
     """T2V_STAGE_TIMING (the bench's stage split): each runner execution logs its inputs / run / outputs, the sampling
-    loop per request its BLS calls and its own work; a step's BLS call contains the denoiser's whole execution."""
+    loop per request its BLS calls and its own work, postprocess per clip its check and encode; a step's BLS call
+    contains the denoiser's whole execution."""
     offset = torch_server.log_path.stat().st_size
     with T2VClient(torch_server.grpc_url) as client:
-        client.generate(GenerationRequest(PROMPTS[1], seed=4, steps=3, precision="fp16"))
+        clip = client.generate(GenerationRequest(PROMPTS[1], seed=4, steps=3, precision="fp16"))
     time.sleep(0.5)  # the stubs' log lines reach the server log
     with torch_server.log_path.open() as log:
         log.seek(offset)
@@ -88,6 +89,8 @@ def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
     assert {"inputs", "run", "outputs"} <= set(unet) and {"loop", "bls"} <= set(loop)
     assert loop["bls"] >= 3 * (unet["inputs"] + unet["run"] + unet["outputs"])
     assert unet["run"] > unet["inputs"] and stages["vae_decoder"]["records"] == 1
+    post = stages["postprocess"]
+    assert (post["records"], post["frames"]) == (1, len(clip.video)) and post["encode"] > post["inputs"] + post["outputs"]
 
 
 def test_without_cuda_the_sampling_loops_are_cpu_instances(server, torch_server) -> None:

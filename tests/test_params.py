@@ -32,8 +32,8 @@ def test_prompt_over_the_token_limit_is_refused(components, geometry) -> None:
 
 
 def test_response_key_only_for_an_explicit_seed_and_from_what_the_latents_depend_on(geometry) -> None:
-    """RESPONSE_KEY: empty when the server draws the seed; equal for requests whose latents are equal (FPS and
-    TIME_LIMIT_S do not change them); different when the prompt, the seed, the steps or the track differ."""
+    """RESPONSE_KEY: empty when the server draws the seed; equal for requests whose latents are equal (FPS,
+    TIME_LIMIT_S and RETURN_FRAMES do not change them); different when the prompt, the seed, the steps or the track differ."""
 
     def key(**inputs) -> str:
         raw = {"PROMPT": np.array([b"a red circle"], dtype=object), **{k: np.array([v]) for k, v in inputs.items()}}
@@ -42,7 +42,7 @@ def test_response_key_only_for_an_explicit_seed_and_from_what_the_latents_depend
     assert key() == "" and key(STEPS=np.int32(3)) == ""  # the server's seed: a new clip is asked for
     base = key(SEED=np.int64(7))
     assert len(base) == 64 and base == key(SEED=np.int64(7))
-    assert base == key(SEED=np.int64(7), FPS=np.int32(4), TIME_LIMIT_S=np.float32(30))
+    assert base == key(SEED=np.int64(7), FPS=np.int32(4), TIME_LIMIT_S=np.float32(30), RETURN_FRAMES=np.bool_(False))
     others = [key(SEED=np.int64(8)), key(SEED=np.int64(7), STEPS=np.int32(3)), key(SEED=np.int64(7), GUIDANCE_SCALE=np.float32(1.5)),
               key(SEED=np.int64(7), NEGATIVE_PROMPT=np.array([b"blur"], dtype=object))]
     other_track = next((t for t in geometry.tracks if t != geometry.default_precision), None)
@@ -51,3 +51,11 @@ def test_response_key_only_for_an_explicit_seed_and_from_what_the_latents_depend
     assert base not in others and len(set(others)) == len(others)
     raw = {"PROMPT": np.array([b"a blue square"], dtype=object), "SEED": np.array([np.int64(7)])}
     assert resolve(raw, geometry).response_key() != base
+
+
+def test_return_frames_defaults_to_true_and_takes_a_bool_only(geometry) -> None:
+    prompt = {"PROMPT": np.array([b"a red circle"], dtype=object)}
+    assert resolve(prompt, geometry).return_frames is True
+    assert resolve({**prompt, "RETURN_FRAMES": np.array([False])}, geometry).resolved()["RETURN_FRAMES"] is False
+    with pytest.raises(ParameterError, match="RETURN_FRAMES: 1 is not a BOOL; allowed true or false"):
+        resolve({**prompt, "RETURN_FRAMES": np.array([1], dtype=np.int32)}, geometry)

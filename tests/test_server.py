@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,8 @@ def test_generates_clip(client, geometry) -> None:
 
 
 def test_mp4_only_leaves_the_frames_off_the_wire(client) -> None:
-    """A client that wants the MP4 only does not receive VIDEO; the MP4 is the same clip.
+    """A client that wants the MP4 only does not receive VIDEO, and the server skips handing the frames on
+    (RETURN_FRAMES false); the MP4 is the same clip.
 
     Same clip, not the same bits: a request batched with another one in the UNet (a request left over
     from an earlier test) computes in a batch of 4, whose float rounding differs; on the full-precision
@@ -44,6 +47,9 @@ def test_mp4_only_leaves_the_frames_off_the_wire(client) -> None:
     assert mp4_only.video is None and mp4_only.seed == 3
     frames, _ = decode_mp4(mp4_only.mp4)
     assert frames.shape == full.video.shape and np.abs(_luma(frames) - _luma(decode_mp4(full.mp4)[0])).mean() < 0.5
+    # RETURN_FRAMES false (what generate sent above): VIDEO, asked for anyway, has no frames; the MP4 has them all
+    empty = client.generate(replace(request, return_frames=False))
+    assert empty.video.shape == (0, *full.video.shape[1:]) and decode_mp4(empty.mp4)[0].shape == full.video.shape
     with pytest.raises(ValueError, match="outputs must include MP4"):
         client.generate(GenerationRequest(PROMPT, seed=3), outputs=("VIDEO",))
 

@@ -95,9 +95,9 @@ def stage_rows(served: dict[str, Any]) -> list[str]:
     """Each entry's stages as its stub timed them (T2V_STAGE_TIMING): per execution, or per request for the loop."""
     rows = []
     for entry, stages in sorted(served.get("stage_ms_per_record", {}).items()):
-        split = ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items() if name not in ("records", "batch", "steps"))
-        per = f"request ({stages['steps']:.0f} steps)" if "steps" in stages else "execution"
-        rows.append(f"| {entry} in its stub, ms per {per} (CUDA-synchronised) | {split} |")
+        split = ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items() if name not in ("records", "batch", "steps", "frames"))
+        per = f"request ({stages['steps']:.0f} steps)" if "steps" in stages else "request" if "frames" in stages else "execution"
+        rows.append(f"| {entry} in its stub, ms per {per} (CUDA-synchronised on a GPU) | {split} |")
     return rows
 
 
