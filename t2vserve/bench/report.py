@@ -51,6 +51,10 @@ def served_table(served: dict[str, Any], inprocess: float | None, diffusers: flo
     if served.get("encode_mp4_bench_process_s"):
         lines.append(f"| H.264 encode of a served clip's frames in the bench process / postprocess compute per clip | "
                      f"{served['encode_mp4_bench_process_s'] * 1e3:.0f} ms / {served['per_request_compute_ms'].get('postprocess', 0):.0f} ms |")
+    full, mp4_only = served.get("per_request_compute_phases_ms", {}).get("postprocess"), served.get("postprocess_phases_mp4_only_ms")
+    if full and mp4_only:
+        split = " / ".join(f"{row['compute_input_ms']:.1f}, {row['compute_infer_ms']:.1f}, {row['compute_output_ms']:.1f}" for row in (full, mp4_only))
+        lines.append(f"| postprocess compute input, infer, output per clip: full response / MP4 only (RETURN_FRAMES false) | {split} ms |")
     if served.get("denoiser_queue_delay_us") is not None:
         lines.append(f"| denoiser dynamic-batcher delay (set by the bench) | {served['denoiser_queue_delay_us']} us |")
     if inprocess:

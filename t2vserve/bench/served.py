@@ -21,7 +21,7 @@ from ..spec import MP4, SCHEDULER_INSTANCES
 from ..server import EmbeddedTritonServer
 from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 from ..video import encode_mp4
-from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed
+from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed, warm_postprocess
 from .tracks import served_tracks
 
 
@@ -94,9 +94,10 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         print(f"READY after {results['start_to_ready_s']:.1f} s", flush=True)
         with T2VClient(server.grpc_url) as client:
             start = time.perf_counter()
-            client.generate(request)
+            first = client.generate(request)
             results["first_request_s"] = time.perf_counter() - start  # after READY: the runners warmed up at load
             print(f"first request {results['first_request_s']:.1f} s", flush=True)
+            results["postprocess_warmup_s"] = warm_postprocess(server.grpc_url, first.video, request.fps or geometry.presets.fps)
             if args.precisions:  # the tracks side by side first: what a short call must not lose
                 results["tracks"] = served_tracks(server.grpc_url, geometry, args, log)
                 checkpoint()
@@ -115,9 +116,11 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             with log.open(errors="replace") as text:  # the timed requests' stages, as each entry's stub saw them
                 text.seek(log_offset)
                 results["stage_ms_per_record"] = parse_stage_lines(text.read())
-            # the frames stay on the server: what a client wanting the MP4 only waits
+            # the frames stay on the server (RETURN_FRAMES false): what a client wanting the MP4 only waits, and postprocess's work then
+            mp4_before = model_stats(server.grpc_url)
             results["served_clip_mp4_only_s"] = statistics.median(
                 [client.generate(replace(request, prompt=f"{request.prompt}, mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
+            results["postprocess_phases_mp4_only_ms"] = stats_delta(mp4_before, model_stats(server.grpc_url), args.repeats).get("postprocess")
             # the same frames' H.264 encode in this process (postprocess runs encode_mp4 in its stub: compare its compute)
             video = client.generate(request).video
             results["encode_mp4_bench_process_s"] = timed(lambda: encode_mp4(video, request.fps or geometry.presets.fps), repeats=3)
