@@ -244,7 +244,7 @@ def _sse_outputs(event: dict[str, Any]) -> dict[str, np.ndarray]:
 
     mp4 = event[MP4].encode("latin-1")
     frames = decode_mp4(mp4)[0]
-    video = np.asarray(event[VIDEO], dtype=np.uint8).reshape(frames.shape)
+    video = np.asarray(event[VIDEO], dtype=np.uint8).reshape(-1, *frames.shape[1:])  # 0 frames with RETURN_FRAMES false
     return {VIDEO: video, MP4: np.array([mp4], dtype=np.object_), "USED_SEED": np.asarray(event["USED_SEED"])}
 
 

@@ -17,6 +17,7 @@ from t2vserve.previews import pooled_frames
 from t2vserve.repository import render_repository
 from t2vserve.spec import MAX_TIME_LIMIT_S, PARAMETERS, PRESETS, PROMPT_MAX_CHARS, STREAM_MODEL, STREAM_PARAMETERS
 from t2vserve.train.world import DEMO_PROMPT
+from t2vserve.video import decode_mp4
 
 STEPS, PREVIEW_EVERY = 4, 2
 REQUEST = GenerationRequest(DEMO_PROMPT, seed=11, steps=STEPS)
@@ -98,6 +99,10 @@ def test_http_generate_stream_sends_progress_as_server_sent_events(server, refer
         events = list(client.stream(REQUEST))
     assert [(p.step, p.total) for p in progress_of(events)] == [(s, STEPS) for s in range(1, STEPS + 1)]
     np.testing.assert_array_equal(events[-1].video, reference.video)
+    # RETURN_FRAMES false: the final event's VIDEO has no frames, its MP4 all of them
+    with T2VClient(server.http_url, "http") as client:
+        final = list(client.stream(replace(REQUEST, return_frames=False)))[-1]
+    assert final.video.shape == (0, *reference.video.shape[1:]) and decode_mp4(final.mp4)[0].shape == reference.video.shape
 
 
 def test_cancelled_stream_stops_the_denoiser_at_the_next_step(server, grpc_client, geometry) -> None:
