@@ -210,6 +210,8 @@ QUALITY_TIERS: dict[str, QualityTier] = {
 DEFAULT_TIER = "standard"
 
 STEPS_RANGE = Range(1, 100)
+#: What ``python -m t2vserve.batcher_delay --denoiser-queue-delay-us`` accepts (0: a latency-first deployment).
+DENOISER_QUEUE_DELAY_RANGE_US = Range(0, 1_000_000)
 GUIDANCE_RANGE = Range(1.0, 30.0)
 SEED_RANGE = Range(0, 2**63 - 1)
 FPS_RANGE = Range(1, 60)

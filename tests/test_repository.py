@@ -178,17 +178,24 @@ def test_a_deployment_serves_the_tracks_it_names(family: str, experts: int) -> N
         {rel: text for rel, text in full.items() if rel.split("/")[0] not in left_out | {"preprocess"}}
 
 
-def test_the_benchmark_sets_the_denoisers_batcher_delay_and_nothing_else(tmp_path) -> None:
-    """``bench served --queue-delay-us`` rewrites the dynamic batcher of the batched entries (the denoisers), in every
-    config set; the other entries' configs stay as generated."""
-    from t2vserve.bench.served import set_queue_delay
+def test_the_batcher_delay_is_set_for_the_denoisers_and_nothing_else(tmp_path, capsys) -> None:
+    """``python -m t2vserve.batcher_delay --denoiser-queue-delay-us`` (and ``bench served --queue-delay-us``) rewrites the
+    dynamic batcher of the batched entries (the denoisers), in every config set; the other entries' configs stay as
+    generated; a delay out of range is refused naming the flag."""
+    from t2vserve.batcher_delay import main, set_queue_delay
     from t2vserve.spec import DENOISER_QUEUE_DELAY_US
 
     files = render_repository("unet3d")
     for relative, text in files.items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text)
-    changed = set_queue_delay(tmp_path, 0)
+    with pytest.raises(ValueError, match=r"--denoiser-queue-delay-us: -1 is out of range; allowed \[0, 1000000\]"):
+        set_queue_delay(tmp_path, -1)
+    with pytest.raises(SystemExit):
+        main(["--repository", str(tmp_path / "empty"), "--denoiser-queue-delay-us", "0"])
+    assert "no entry with a dynamic batcher" in capsys.readouterr().err
+    assert main(["--repository", str(tmp_path), "--denoiser-queue-delay-us", "0"]) == 0
+    changed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
     batched = {relative for relative, text in files.items() if f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}" in text}
     assert set(changed) == batched and any(path.startswith("unet/") for path in changed)
     for relative, text in files.items():

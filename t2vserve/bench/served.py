@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import GenerationRequest, T2VClient
+from ..batcher_delay import set_queue_delay
 from ..spec import MP4, SCHEDULER_INSTANCES
 from ..server import EmbeddedTritonServer
 from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
@@ -45,19 +45,6 @@ class GpuMemoryPoller:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-
-
-def set_queue_delay(repository: Path, microseconds: int) -> list[str]:
-    """Rewrite the dynamic batcher's ``max_queue_delay_microseconds`` in every config of ``repository`` (the
-    denoiser entries: ``spec.DENOISER_QUEUE_DELAY_US`` when generated); the entries changed."""
-    changed = []
-    for path in sorted([*repository.glob("*/config.pbtxt"), *repository.glob("*/configs/*.pbtxt")]):
-        text = path.read_text()
-        new = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {microseconds}", text)
-        if new != text:
-            path.write_text(new)
-            changed.append(str(path.relative_to(repository)))
-    return changed
 
 
 def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
