@@ -1,9 +1,10 @@
 """The denoisers' dynamic-batcher delay of an exported repository: ``python -m t2vserve.batcher_delay``.
 
 The generated configs hold ``spec.DENOISER_QUEUE_DELAY_US``: a lone request waits that long for a partner, so
-concurrent requests' steps share a batch. A latency-first deployment sets 0 (GPU round 7, 576x320x24: served /
-in-process 1.040-1.045 with the MP4 only, against 1.058-1.066 at the default), and concurrent requests then batch
-less. A re-export writes the generated delay again.
+concurrent requests' steps share a batch, and the sampling loops' step barrier window (``t2vserve.step_barrier``,
+config parameter ``spec.STEP_BARRIER_PARAMETER``) is the same value; both are rewritten together. A latency-first
+deployment sets 0 (the barrier off too), and concurrent requests then batch less. A re-export writes the
+generated delay again.
 
     python -m t2vserve.batcher_delay --repository model_repository --denoiser-queue-delay-us 0
 """
@@ -16,9 +17,10 @@ import sys
 from pathlib import Path
 
 from .settings import DEFAULT_MODEL_REPOSITORY
-from .spec import DENOISER_QUEUE_DELAY_RANGE_US, DENOISER_QUEUE_DELAY_US
+from .spec import DENOISER_QUEUE_DELAY_RANGE_US, DENOISER_QUEUE_DELAY_US, STEP_BARRIER_PARAMETER
 
 _DELAY = re.compile(r"max_queue_delay_microseconds: \d+")
+_WINDOW = re.compile(rf'(key: "{STEP_BARRIER_PARAMETER}" value: {{ string_value: ")\d+(")')
 
 
 def _configs(repository: Path) -> list[Path]:
@@ -27,13 +29,13 @@ def _configs(repository: Path) -> list[Path]:
 
 def set_queue_delay(repository: Path, microseconds: int) -> list[str]:
     """Rewrite ``max_queue_delay_microseconds`` in every config of ``repository`` (the batched entries: the
-    denoisers); the configs changed, relative to ``repository``."""
+    denoisers) and the sampling loops' step barrier window; the configs changed, relative to ``repository``."""
     if not DENOISER_QUEUE_DELAY_RANGE_US.contains(microseconds):
         raise ValueError(f"--denoiser-queue-delay-us: {microseconds} is out of range; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()}")
     changed = []
     for path in _configs(repository):
         text = path.read_text()
-        new = _DELAY.sub(f"max_queue_delay_microseconds: {microseconds}", text)
+        new = _WINDOW.sub(rf"\g<1>{microseconds}\g<2>", _DELAY.sub(f"max_queue_delay_microseconds: {microseconds}", text))
         if new != text:
             path.write_text(new)
             changed.append(str(path.relative_to(repository)))
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     for config in changed:
-        print(f"{config}: max_queue_delay_microseconds {args.denoiser_queue_delay_us}")
+        print(f"{config}: {args.denoiser_queue_delay_us} us")
     return 0
 
 

@@ -54,6 +54,7 @@ from .spec import (
     SAFETY_FILTER_FILE,
     SCHEDULER_INSTANCES,
     STEP,
+    STEP_BARRIER_PARAMETER,
     STEP_CACHED,
     STREAM_MODEL,
     STREAM_PARAMETERS,
@@ -223,6 +224,8 @@ def stream_inputs() -> list[TensorDef]:
 
 #: Python entries that run a sampling loop: KIND_GPU instances in the GPU config sets (``t2vserve.placement``).
 LOOP_ENTRIES = ("scheduler", STREAM_MODEL)
+#: Their step barrier's window: the denoisers' batcher delay (``t2vserve.step_barrier``).
+LOOP_PARAMETERS = {STEP_BARRIER_PARAMETER: str(DENOISER_QUEUE_DELAY_US)}
 #: Instances of the Python entries (per GPU where KIND_GPU); one where not listed.
 INSTANCE_COUNTS = {"scheduler": SCHEDULER_INSTANCES, "postprocess": POSTPROCESS_INSTANCES}
 
@@ -264,7 +267,7 @@ def render_configs(family: str, experts: int, optional: Collection[str], config:
         texts[name] = render_config(name, inputs, outputs, backend="python", parameters=params, instance_kind=_kind(name, config),
                                     instance_count=INSTANCE_COUNTS.get(name, 1))
     texts[STREAM_MODEL] = render_config(STREAM_MODEL, stream_inputs(), ENSEMBLE_OUTPUTS + PROGRESS_OUTPUTS, backend="python",
-                                        instance_kind=_kind(STREAM_MODEL, config), extra=DECOUPLED)
+                                        instance_kind=_kind(STREAM_MODEL, config), parameters=LOOP_PARAMETERS, extra=DECOUPLED)
     for slot in layout:
         inputs, outputs = slot_tensors(slot)
         if slot.name in denoisers - deployed:  # left out of this deployment in every set (no plan is built for it either)
@@ -319,7 +322,7 @@ def _python_entries(layout: tuple[Slot, ...]) -> dict[str, tuple[str, list[Tenso
             [TensorDef(KV, "TYPE_FP32", (-1, -1, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,)), TensorDef(RESPONSE_KEY, "TYPE_STRING", (1,))]
             + [TensorDef(n, t, (1,)) for n, t in RESOLVED_PARAMETERS.items() if n not in POSTPROCESS_PARAMETERS],
             [TensorDef(LATENTS, "TYPE_FP32", (1, -1, -1, -1, -1))],
-            {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "response_cache_bytes": str(RESPONSE_CACHE_BYTES)},
+            {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", "response_cache_bytes": str(RESPONSE_CACHE_BYTES), **LOOP_PARAMETERS},
         ),
         "postprocess": (
             "postprocess",

@@ -35,6 +35,7 @@ from typing import IO
 
 from . import health, hostcheck
 from .settings import DEFAULT_MODEL_REPOSITORY, LOOPBACK, REPO_ROOT, SERVER_HOST_ENV, compile_cache_environment, server_host
+from .step_barrier import remove_tables
 
 __all__ = ["DEFAULT_MODEL_REPOSITORY", "REPO_ROOT", "EmbeddedTritonServer", "free_port", "main", "serve"]
 
@@ -262,6 +263,8 @@ class EmbeddedTritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.process is not None and self.process.poll() is not None:
+            remove_tables(self.process.pid)  # its sampling loops' step-barrier tables (t2vserve.step_barrier)
         if self._backend_dir:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             self._backend_dir = None

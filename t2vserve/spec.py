@@ -47,9 +47,13 @@ DENOISER_MAX_BATCH = 8
 #: How long the denoisers' dynamic batcher holds a lone request for a partner. Concurrent requests step
 #: in turn otherwise: while one executes, the other queues alone and is run alone as soon as the first
 #: finishes, so two clips never share a batch (measured, H100: 80 of 80 executions at batch 2 with two
-#: clients). A partner's next step arrives one scheduler turnaround (~2 ms) after its output, so the
-#: delay is a little longer than that; it costs a lone request this much per step.
-DENOISER_QUEUE_DELAY_US = 4000
+#: clients). The sampling loops' step barrier (``t2vserve.step_barrier``) releases the loops of a device
+#: together, so their calls arrive within a fraction of this; it costs a lone request this much per step
+#: (before the barrier: 4000, 80 ms of a 20-step clip).
+DENOISER_QUEUE_DELAY_US = 1000
+#: Config parameter of the sampling loops (``scheduler``, ``t2v_stream``): the step barrier's window in
+#: microseconds, the denoisers' batcher delay (a partner's call younger than this is still queued: join it); 0: off.
+STEP_BARRIER_PARAMETER = "step_barrier_window_us"
 #: One classifier-free-guidance pair (unconditional + conditional): the batch of one guided request's denoiser
 #: call (a request at GUIDANCE_SCALE 1 sends the conditional half alone, batch 1).
 CFG_BATCH = 2

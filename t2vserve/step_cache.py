@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
@@ -52,10 +53,11 @@ STEP_METRICS = {
 }
 
 
-def read_step_metrics(text: str) -> dict[tuple[str, str], float]:
-    """(``STEP_METRICS`` field, model label) -> value, from the text of Triton's metrics endpoint."""
+def read_step_metrics(text: str, metrics: Mapping[str, tuple[str, str]] = STEP_METRICS) -> dict[tuple[str, str], float]:
+    """(``metrics`` field, model label) -> value, from the text of Triton's metrics endpoint (``metrics``: the loop's
+    ``STEP_METRICS`` or ``step_barrier.BARRIER_METRICS``)."""
     values: dict[tuple[str, str], float] = {}
-    for key, (name, _) in STEP_METRICS.items():
+    for key, (name, _) in metrics.items():
         for model, value in re.findall(rf'^{name}{{[^}}]*model="([^"]+)"[^}}]*}} (\S+)$', text, re.M):
             values[key, model] = values.get((key, model), 0.0) + float(value)
     return values

@@ -178,12 +178,15 @@ def test_a_deployment_serves_the_tracks_it_names(family: str, experts: int) -> N
         {rel: text for rel, text in full.items() if rel.split("/")[0] not in left_out | {"preprocess"}}
 
 
-def test_the_batcher_delay_is_set_for_the_denoisers_and_nothing_else(tmp_path, capsys) -> None:
+def test_the_batcher_delay_is_set_for_the_denoisers_and_the_loops_barrier_and_nothing_else(tmp_path, capsys) -> None:
     """``python -m t2vserve.batcher_delay --denoiser-queue-delay-us`` (and ``bench served --queue-delay-us``) rewrites the
-    dynamic batcher of the batched entries (the denoisers), in every config set; the other entries' configs stay as
-    generated; a delay out of range is refused naming the flag."""
+    dynamic batcher of the batched entries (the denoisers) and the sampling loops' step barrier window, in every
+    config set; the other entries' configs stay as generated; a delay out of range is refused naming the flag."""
     from t2vserve.batcher_delay import main, set_queue_delay
-    from t2vserve.spec import DENOISER_QUEUE_DELAY_US
+    from t2vserve.spec import DENOISER_QUEUE_DELAY_US, STEP_BARRIER_PARAMETER
+
+    def window(us: int) -> str:
+        return f'key: "{STEP_BARRIER_PARAMETER}" value: {{ string_value: "{us}" }}'
 
     files = render_repository("unet3d")
     for relative, text in files.items():
@@ -197,11 +200,12 @@ def test_the_batcher_delay_is_set_for_the_denoisers_and_nothing_else(tmp_path, c
     assert main(["--repository", str(tmp_path), "--denoiser-queue-delay-us", "0"]) == 0
     changed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
     batched = {relative for relative, text in files.items() if f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}" in text}
-    assert set(changed) == batched and any(path.startswith("unet/") for path in changed)
+    loops = {relative for relative, text in files.items() if window(DENOISER_QUEUE_DELAY_US) in text}
+    assert set(changed) == batched | loops and any(p.startswith("unet/") for p in changed) and any(p.startswith("scheduler/") for p in loops)
     for relative, text in files.items():
         now = (tmp_path / relative).read_text()
-        assert now == (text.replace(f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}", "max_queue_delay_microseconds: 0")
-                       if relative in batched else text)
+        expected = text.replace(f"max_queue_delay_microseconds: {DENOISER_QUEUE_DELAY_US}", "max_queue_delay_microseconds: 0")
+        assert now == expected.replace(window(DENOISER_QUEUE_DELAY_US), window(0))
 
 
 def test_a_served_variant_restates_the_batcher_delay() -> None:

@@ -105,13 +105,18 @@ def stage_rows(served: dict[str, Any]) -> list[str]:
     return rows
 
 
+def barrier_cell(waits: dict[str, float] | None) -> str:
+    """The loops' step-barrier waits per clip (``t2vserve.step_barrier``): count and seconds; - before it existed."""
+    return f"{waits.get('waits', 0):.1f} ({waits.get('waited_s', 0) * 1e3:.0f} ms)" if waits is not None else "-"
+
+
 def work_table(served: dict[str, Any]) -> list[str]:
     """Per concurrency, what the denoiser and scheduler did per clip (Triton statistics): the diagnosis of a ratio."""
     work = {int(k): v for k, v in served.get("work_per_clip_by_concurrency", {}).items()}
     if not work:
         return []
-    lines = ["", "| concurrency | denoiser executions / clip | mean batch | denoiser compute / clip | denoiser queue / clip | compute per execution by batch size | scheduler compute / clip |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "| concurrency | denoiser executions / clip | mean batch | denoiser compute / clip | denoiser queue / clip | compute per execution by batch size | scheduler compute / clip | step-barrier waits / clip |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in sorted(work):
         entries = work[c]
         denoiser = next((e for e in served.get("denoiser_entries", []) if entries.get(e, {}).get("executions")), None)
@@ -120,7 +125,7 @@ def work_table(served: dict[str, Any]) -> list[str]:
         d, sched = entries[denoiser], entries.get("scheduler", {})
         sizes = ", ".join(f"b{size}: {b['count']:.0f} x {b['compute_ms_each']:.0f} ms" for size, b in sorted(d["batches"].items(), key=lambda kv: int(kv[0])))
         lines.append(f"| {c} | {d['executions']:.1f} | {d['inferences'] / max(d['executions'], 1e-9):.2f} | {d['compute_ms'] / 1e3:.2f} s | "
-                     f"{d['queue_ms'] / 1e3:.2f} s | {sizes} | {sched.get('compute_ms', 0) / 1e3:.2f} s |")
+                     f"{d['queue_ms'] / 1e3:.2f} s | {sizes} | {sched.get('compute_ms', 0) / 1e3:.2f} s | {barrier_cell(entries.get('step_barrier'))} |")
     return lines
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from ..client import GenerationRequest, T2VClient
 from ..batcher_delay import set_queue_delay
 from ..spec import MP4, SCHEDULER_INSTANCES
+from ..step_barrier import BARRIER_METRICS
+from ..step_cache import read_step_metrics
 from ..server import EmbeddedTritonServer
 from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 from ..video import encode_mp4
@@ -123,10 +125,13 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         work: dict[int, Any] = {}
         results["throughput_clips_per_s"], results["work_per_clip_by_concurrency"] = throughput, work  # checkpointed as they fill
         for concurrency in args.concurrency:
-            before = model_stats(server.grpc_url)
+            before, waits_before = model_stats(server.grpc_url), barrier_waits(server.metrics_url)
             throughput[concurrency] = load(server.grpc_url, request, concurrency, args.per_client)
             # where the time went at this concurrency: per clip, each entry's executions, compute, queue, batch sizes
             work[concurrency] = stats_delta(before, model_stats(server.grpc_url), concurrency * args.per_client)
+            # the loops' waits at the step barrier (t2vserve.step_barrier), per clip
+            work[concurrency]["step_barrier"] = {k: (v - waits_before.get(k, 0.0)) / (concurrency * args.per_client)
+                                                 for k, v in barrier_waits(server.metrics_url).items()}
             print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s; {denoiser} per clip: {work[concurrency][denoiser]}", flush=True)
             checkpoint()
         results["denoiser_entries"] = sorted(set(sum(geometry.tracks.values(), [])))
@@ -138,6 +143,15 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             results["perf_analyzer"] = run_perf_analyzer(args.perf_analyzer, server.grpc_url, Path(args.out).parent, request)
     print(f"served clip {results['served_clip_s']:.3f} s; scheduler overhead {results['scheduler_overhead_per_step_ms']:.2f} ms/step", flush=True)
     return results
+
+
+def barrier_waits(metrics_url: str) -> dict[str, float]:
+    """The ``scheduler`` loops' step-barrier counters (``BARRIER_METRICS``: waits, waited_s) from Triton's metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        values = read_step_metrics(response.read().decode(), BARRIER_METRICS)
+    return {field: value for (field, model), value in values.items() if model == "scheduler"}
 
 
 def run_perf_analyzer(binary: str, url: str, out_dir: Path, request: GenerationRequest) -> dict[str, Any]:

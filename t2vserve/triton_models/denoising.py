@@ -19,6 +19,7 @@ host round trip per step (the step cache adds one scalar per computed step).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -29,10 +30,11 @@ import triton_python_backend_utils as pb_utils
 from ..placement import Placement
 from ..samplers import make_sampler
 from ..sampling import conditioning_rows, denoise, initial_latents
-from ..spec import DEADLINE, KV, NOISE_PRED, SAMPLE, TIMESTEP
+from ..spec import DEADLINE, KV, NOISE_PRED, SAMPLE, STEP_BARRIER_PARAMETER, TIMESTEP
 from ..geometry import GEOMETRY_FILE, ModelGeometry
-from ..step_cache import STEP_METRICS, StepCache, StepCacheStats
-from .common import RequestCancelled, TimeLimitExceeded, infer, version_dir
+from ..step_barrier import BARRIER_METRICS, StepBarrier, table_path, wait_cap_s
+from ..step_cache import STEP_METRICS, StepCache
+from .common import RequestCancelled, TimeLimitExceeded, config_parameter, infer, model_config, version_dir
 from .stage_timing import StageTimer, stage_timing_enabled
 from .tensors import from_torch, to_torch
 
@@ -63,15 +65,16 @@ class StepGuard:
 ProgressCallback = Callable[[int, int, torch.Tensor, bool], None]
 
 
-class StepMetrics:
-    """The loop's counters (``STEP_METRICS``) as Triton custom metrics; each request adds what it did."""
+class LoopMetrics:
+    """Counters of the loop (``fields``: ``STEP_METRICS``, ``BARRIER_METRICS``) as Triton custom metrics; each
+    request adds what it did."""
 
-    def __init__(self, labels: dict[str, str]) -> None:
+    def __init__(self, fields: Mapping[str, tuple[str, str]], labels: dict[str, str]) -> None:
         kind = pb_utils.MetricFamily.COUNTER  # the families must outlive their metrics: keep both
-        self.families = {field: pb_utils.MetricFamily(name=name, description=text, kind=kind) for field, (name, text) in STEP_METRICS.items()}
+        self.families = {field: pb_utils.MetricFamily(name=name, description=text, kind=kind) for field, (name, text) in fields.items()}
         self.metrics = {field: family.Metric(labels=labels) for field, family in self.families.items()}
 
-    def publish(self, stats: StepCacheStats) -> None:
+    def publish(self, stats: object) -> None:
         for field, metric in self.metrics.items():
             if getattr(stats, field):
                 metric.increment(getattr(stats, field))
@@ -87,7 +90,12 @@ class DenoisingLoop:
         if self.placement.device is not None:
             torch.cuda.set_device(self.placement.device)  # this thread's; run() sets it for every request's thread
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: sampling loop on {self.placement.describe()}")
-        self.metrics = StepMetrics({"model": args["model_name"], "version": args["model_version"]})
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        self.metrics, self.barrier_metrics = LoopMetrics(STEP_METRICS, labels), LoopMetrics(BARRIER_METRICS, labels)
+        # the loops of this server and device send their denoiser calls together (t2vserve.step_barrier); 0: off
+        window_us = int(config_parameter(model_config(args), STEP_BARRIER_PARAMETER, "0"))
+        device = str(self.placement.device) if self.placement.device is not None else "host"
+        self.barrier = StepBarrier(table_path(os.getppid(), device), window_us) if window_us > 0 else None  # ppid: tritonserver
         self.host_inputs = 0  # requests whose K/V arrived in host memory
         # Bench (T2V_STAGE_TIMING=1): per request, the milliseconds in BLS denoiser calls and in the loop's own work
         device = self.placement.device
@@ -140,6 +148,8 @@ class DenoisingLoop:
         timer = self.timer
         if timer is not None:
             timer.start()
+        slot = self.barrier.join() if self.barrier is not None else None
+        previous_call_s: list[float | None] = [None]  # the last denoiser call's seconds: bounds the barrier's wait
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             guard.check()
@@ -150,7 +160,17 @@ class DenoisingLoop:
             step_inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]]
             if timer is not None:
                 timer.mark("loop")
-            (output,) = infer(entry, step_inputs, [NOISE_PRED], device=device)  # the output asked for where the loop runs
+            if slot is not None:  # the device's other loops' calls first reach the batcher beside this one
+                slot.wait_turn(wait_cap_s(previous_call_s[0]))
+                if timer is not None:
+                    timer.mark("barrier")
+            start = time.perf_counter()
+            try:
+                (output,) = infer(entry, step_inputs, [NOISE_PRED], device=device)  # the output asked for where the loop runs
+            finally:
+                if slot is not None:
+                    slot.returned()
+            previous_call_s[0] = time.perf_counter() - start
             if timer is not None:
                 timer.mark("bls")
             return place.check(NOISE_PRED, to_torch(output), f"output of {entry}").to(sample.device)
@@ -160,7 +180,11 @@ class DenoisingLoop:
         def after_step(done: int, total: int, current: torch.Tensor) -> None:
             guard.done = done
             if on_step is not None:
+                if slot is not None:
+                    slot.away()  # a progress callback (a preview's decode): not a call the other loops should wait for
                 on_step(done, total, current, cache.last_cached)
+                if slot is not None:
+                    slot.returned()
             if done < total and cache.threshold > 0:
                 guard.check()  # the next step may come from the cache, with no denoiser call to check before
 
@@ -174,3 +198,6 @@ class DenoisingLoop:
             return latents
         finally:
             self.metrics.publish(cache.stats)
+            if slot is not None:
+                slot.leave()
+                self.barrier_metrics.publish(slot)
