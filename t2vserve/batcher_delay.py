@@ -4,7 +4,7 @@ The generated configs hold ``spec.DENOISER_QUEUE_DELAY_US``: a lone request wait
 concurrent requests' steps share a batch, and the sampling loops' step barrier window (``t2vserve.step_barrier``,
 config parameter ``spec.STEP_BARRIER_PARAMETER``) is the same value; both are rewritten together. A latency-first
 deployment sets 0 (the barrier off too), and concurrent requests then batch less. A re-export writes the
-generated delay again.
+generated delay again unless it is given the same flag (``python -m t2vserve.export ... --denoiser-queue-delay-us 0``).
 
     python -m t2vserve.batcher_delay --repository model_repository --denoiser-queue-delay-us 0
 """

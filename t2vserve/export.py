@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .batcher_delay import set_queue_delay
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
@@ -30,7 +31,9 @@ from .repository import write_repository
 from .runners import SOURCE_FILE
 from .server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
 from .params import tokenize_pair
-from .spec import CFG_BATCH, CONDITIONING_MODEL, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL
+from .spec import (
+    CFG_BATCH, CONDITIONING_MODEL, DENOISER_QUEUE_DELAY_RANGE_US, DENOISER_QUEUE_DELAY_US, PINNED_TEXTS_FILE, PRESETS, STREAM_MODEL,
+)
 from .geometry import GEOMETRY_FILE, ModelGeometry
 
 log = logging.getLogger("t2vserve.export")
@@ -239,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", default=None, help="comma-separated: export only these slots' ONNX (default: all)")
     parser.add_argument("--tracks", default=None, help="comma-separated PRECISION tracks to serve (default: all); the others' "
                         "entries load nothing and refuse requests naming PRECISION")
+    parser.add_argument("--denoiser-queue-delay-us", type=int, default=None, metavar="US",
+                        help=f"the denoisers' batcher delay and the loops' step-barrier window (default {DENOISER_QUEUE_DELAY_US}; 0: latency "
+                        f"first, as python -m t2vserve.batcher_delay sets it; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()})")
     args = parser.parse_args(argv)
+    delay = args.denoiser_queue_delay_us
+    if delay is not None and not DENOISER_QUEUE_DELAY_RANGE_US.contains(delay):  # refused before any export work
+        parser.error(f"--denoiser-queue-delay-us: {delay} is out of range; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
     preset = args.preset or ("tiny" if args.tiny else "modelscope")
@@ -249,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     tracks = [name.strip() for name in args.tracks.split(",")] if args.tracks else None
     export_model(model_dir, args.repository, preset, not args.no_check, recipe, args.calibration_prompts, not args.metadata_only, only,
                  args.calibration_method, tracks=tracks)
+    if delay is not None:  # kept by this export's configs; a later export without the flag writes the default again
+        for config in set_queue_delay(args.repository, delay):
+            log.info("%s: batcher delay / step-barrier window %d us", config, delay)
     return 0
 
 

@@ -17,7 +17,8 @@ and then sends. Loops released together reach the batcher within a fraction of a
 delay can be short (``spec.DENOISER_QUEUE_DELAY_US``), and a lone request, which never waits here, pays only
 that delay per step. A loop in flight for less than the window has a call still queued: sending now joins it.
 A loop that leaves its slot ``away`` (the stream's progress callback, which may decode a preview) is not
-waited for, and no wait lasts longer than ``cap_s`` (a stuck or killed partner).
+waited for, and no wait lasts longer than ``cap_s`` (a stuck or killed partner; a wait that reaches it frees the
+slots of loops whose process died).
 
 No Triton and no torch here: the tests drive it from threads and processes directly.
 """
@@ -116,6 +117,21 @@ class StepBarrier:
         waiting_for[index] = False
         return int(waiting_for.sum())
 
+    def reap(self) -> int:
+        """Free the slots of loops whose process died (a stub killed mid-request); how many."""
+        freed = 0
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                for index in range(SLOTS):
+                    owner = int(self.table[index, 0])
+                    if owner and owner != os.getpid() and not _alive(owner):
+                        self.table[index, 1], self.table[index, 0] = IDLE, 0
+                        freed += 1
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return freed
+
     def close(self) -> None:
         self.table = None  # type: ignore[assignment]  # release the buffer before the map
         self._map.close()
@@ -139,13 +155,18 @@ class LoopSlot:
         one in flight; the seconds waited."""
         self._set(READY)
         start = time.perf_counter()
-        deadline, waited = start + cap_s, 0.0
-        while self.barrier.blocking(self.index) and time.perf_counter() < deadline:
+        deadline, slept = start + cap_s, False
+        while self.barrier.blocking(self.index):
+            if time.perf_counter() >= deadline:
+                self.barrier.reap()  # a partner that never came may have died: it is not waited for again
+                break
             time.sleep(self.barrier.poll_s)
-            waited = time.perf_counter() - start
+            slept = True
         self._set(IN_FLIGHT)
-        if waited:
-            self.waits, self.waited_s = self.waits + 1, self.waited_s + waited
+        if not slept:
+            return 0.0
+        waited = time.perf_counter() - start
+        self.waits, self.waited_s = self.waits + 1, self.waited_s + waited
         return waited
 
     def returned(self) -> None:

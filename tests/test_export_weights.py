@@ -15,9 +15,13 @@ def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None
     pipe.save_pretrained(str(weights))
     repository = tmp_path / "repo"
     assert export_main(["--weights", str(weights), "--preset", "tiny", "--repository", str(repository),
-                        "--calibration-prompts", "1"]) == 0
+                        "--calibration-prompts", "1", "--denoiser-queue-delay-us", "0"]) == 0
     for slot in ("text_encoder", "kv_projector", "unet", "vae_decoder"):
         assert (repository / slot / "1" / "model.onnx").stat().st_size > 0
+    # --denoiser-queue-delay-us 0: the export's configs hold a latency-first batcher and the loops' barrier off
+    for config in ("unet/config.pbtxt", "unet/configs/onnxruntime.pbtxt", "scheduler/config.pbtxt", "t2v_stream/config.pbtxt"):
+        text = (repository / config).read_text()
+        assert "max_queue_delay_microseconds: 0" in text or 'key: "step_barrier_window_us" value: { string_value: "0" }' in text, config
     geometry = ModelGeometry.load(repository / "scheduler" / "1" / GEOMETRY_FILE)
     assert geometry.family == "unet3d" and geometry.preset == "tiny"
     assert geometry.latent_channels == pipe.unet.config.in_channels
@@ -32,6 +36,13 @@ def test_export_from_save_pretrained_directory(tiny_model_dir, tmp_path) -> None
     # the exported UNet carries the saved weights: it matches the pipeline's own UNet on random inputs
     unet = get_family("unet3d").slot("unet")
     assert check_slot(unet, unet.module(pipe), geometry, repository / "unet" / "1" / "model.onnx") <= ONNX_TOLERANCE
+
+
+def test_export_refuses_a_batcher_delay_out_of_range_before_exporting(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        export_main(["--tiny", "--repository", str(tmp_path / "repo"), "--denoiser-queue-delay-us", "-5"])
+    assert "--denoiser-queue-delay-us: -5 is out of range; allowed [0, 1000000]" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
 
 
 def test_export_refuses_a_directory_that_is_not_a_model(tmp_path) -> None:

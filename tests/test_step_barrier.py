@@ -74,10 +74,11 @@ def test_processes_share_the_table_and_a_dead_loops_slot_is_reclaimed(path: Path
     assert barrier.blocking(me.index) == 1  # the other process's loop is computing
     release.set()
     other.join(30)
-    assert barrier.blocking(me.index) == 1  # it died holding its slot: waited for (up to the cap) until reclaimed
-    mine = {me.index}
-    claimed = [barrier.join() for _ in range(2)]
-    assert {s.index for s in claimed} | mine == {0, 1, 2} and barrier.table[:, 0].tolist().count(os.getpid()) == 3
+    assert barrier.blocking(me.index) == 1  # it died holding its slot
+    assert 0.1 <= me.wait_turn(cap_s=0.1) < 1.0  # waited for once, up to the cap, which frees its slot
+    assert barrier.blocking(me.index) == 0 and me.wait_turn(cap_s=1.0) < 0.05
+    claimed = [barrier.join() for _ in range(2)]  # the freed slot is claimed again
+    assert {s.index for s in claimed} | {me.index} == {0, 1, 2} and barrier.table[:, 0].tolist().count(os.getpid()) == 3
 
 
 def test_the_wait_cap_follows_the_previous_call() -> None:

@@ -94,8 +94,8 @@ class DenoisingLoop:
         self.metrics, self.barrier_metrics = LoopMetrics(STEP_METRICS, labels), LoopMetrics(BARRIER_METRICS, labels)
         # the loops of this server and device send their denoiser calls together (t2vserve.step_barrier); 0: off
         window_us = int(config_parameter(model_config(args), STEP_BARRIER_PARAMETER, "0"))
-        device = str(self.placement.device) if self.placement.device is not None else "host"
-        self.barrier = StepBarrier(table_path(os.getppid(), device), window_us) if window_us > 0 else None  # ppid: tritonserver
+        table = table_path(os.getppid(), str(self.placement.device or "host"))  # ppid: tritonserver
+        self.barrier = StepBarrier(table, window_us) if window_us > 0 else None
         self.host_inputs = 0  # requests whose K/V arrived in host memory
         # Bench (T2V_STAGE_TIMING=1): per request, the milliseconds in BLS denoiser calls and in the loop's own work
         device = self.placement.device
@@ -148,7 +148,6 @@ class DenoisingLoop:
         timer = self.timer
         if timer is not None:
             timer.start()
-        slot = self.barrier.join() if self.barrier is not None else None
         previous_call_s: list[float | None] = [None]  # the last denoiser call's seconds: bounds the barrier's wait
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -190,6 +189,7 @@ class DenoisingLoop:
 
         sampler = self.samplers[scalar("SAMPLER").decode("utf-8")]
         precision = scalar("PRECISION").decode("utf-8")
+        slot = self.barrier.join() if self.barrier is not None else None  # left in the finally below, whatever happens
         try:
             latents = denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
             if timer is not None:
