@@ -27,11 +27,16 @@ def _configs(repository: Path) -> list[Path]:
     return sorted([*repository.glob("*/config.pbtxt"), *repository.glob("*/configs/*.pbtxt")])
 
 
+def check_queue_delay(microseconds: int) -> None:
+    """ValueError naming the flag ``--denoiser-queue-delay-us`` (here and in export) where ``microseconds`` is out of range."""
+    if not DENOISER_QUEUE_DELAY_RANGE_US.contains(microseconds):
+        raise ValueError(f"--denoiser-queue-delay-us: {microseconds} is out of range; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()}")
+
+
 def set_queue_delay(repository: Path, microseconds: int) -> list[str]:
     """Rewrite ``max_queue_delay_microseconds`` in every config of ``repository`` (the batched entries: the
     denoisers) and the sampling loops' step barrier window; the configs changed, relative to ``repository``."""
-    if not DENOISER_QUEUE_DELAY_RANGE_US.contains(microseconds):
-        raise ValueError(f"--denoiser-queue-delay-us: {microseconds} is out of range; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()}")
+    check_queue_delay(microseconds)
     changed = []
     for path in _configs(repository):
         text = path.read_text()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .batcher_delay import set_queue_delay
+from .batcher_delay import check_queue_delay, set_queue_delay
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
@@ -247,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"first, as python -m t2vserve.batcher_delay sets it; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()})")
     args = parser.parse_args(argv)
     delay = args.denoiser_queue_delay_us
-    if delay is not None and not DENOISER_QUEUE_DELAY_RANGE_US.contains(delay):  # refused before any export work
-        parser.error(f"--denoiser-queue-delay-us: {delay} is out of range; allowed {DENOISER_QUEUE_DELAY_RANGE_US.describe()}")
+    if delay is not None:  # refused before any export work
+        try:
+            check_queue_delay(delay)
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
     preset = args.preset or ("tiny" if args.tiny else "modelscope")
