@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from t2vserve.bench.split_batches import BACK_TO_BACK_S, Execution, back_to_back_s, executions, own_call_gap_s, split_pairs
 from t2vserve.client import GenerationRequest, T2VClient
 from t2vserve.runners import batch_or_each
 from t2vserve.server import EmbeddedTritonServer
 from t2vserve.step_barrier import BARRIER_METRICS
 from t2vserve.step_cache import read_step_metrics
-from t2vserve.spec import POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
+from t2vserve.spec import DENOISER_MAX_BATCH, POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
 from t2vserve.triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 
 PROMPTS = ["a cat playing the piano", "a drone shot over snowy mountains", "a chef cooking pasta", "fireworks over a river"]
@@ -104,6 +105,40 @@ def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
     assert unet["run"] > unet["inputs"] and stages["vae_decoder"]["records"] == 1
     post = stages["postprocess"]
     assert (post["records"], post["frames"]) == (1, len(clip.video)) and post["encode"] > post["inputs"] + post["outputs"]
+
+
+def test_the_server_log_gives_each_denoiser_execution_its_batch_and_time(torch_server) -> None:
+    """bench.split_batches reads the UNet's executions back from the stubs' stage lines: as many as Triton counted,
+    with the rows Triton counted, in order, each as long as its stages; four concurrent requests batch."""
+    before, offset = unet_stats(torch_server.grpc_url, "unet"), torch_server.log_path.stat().st_size
+
+    def generate(index: int) -> None:
+        with T2VClient(torch_server.grpc_url) as client:
+            client.generate(GenerationRequest(PROMPTS[index], seed=index, steps=4, precision="fp16"))
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        list(pool.map(generate, range(len(PROMPTS))))
+    after = unet_stats(torch_server.grpc_url, "unet")
+    time.sleep(0.5)  # the stubs' log lines reach the server log
+    with torch_server.log_path.open() as log:
+        log.seek(offset)
+        runs = executions(log.read(), "unet")
+    assert len(runs) == after[1] - before[1] and sum(r.batch for r in runs) == after[0] - before[0] == len(PROMPTS) * 4 * 2
+    assert max(r.batch for r in runs) > 2 and all(0 < r.end_s - r.start_s < 60 for r in runs)
+    assert all(a.end_s <= b.end_s for a, b in zip(runs, runs[1:]))
+
+
+def test_split_pairs_are_back_to_back_executions_one_batch_could_hold() -> None:
+    """b6 then b2 starting 1 ms after it, b4 then b4 1 ms after: split; b2 then b4 starting 5 ms after (a loop's own
+    next call): not; b4 then b6, b6 then b4: too many rows for one execution of 8 (not of 16)."""
+    runs = [Execution(0.0, 0.1, 6), Execution(0.101, 0.15, 2), Execution(0.155, 0.2, 4), Execution(0.201, 0.25, 4),
+            Execution(0.251, 0.3, 6), Execution(0.3005, 0.35, 4)]
+    assert split_pairs(runs, DENOISER_MAX_BATCH) == {(6, 2): 1, (4, 4): 1}
+    assert split_pairs(runs, 16) == {(6, 2): 1, (4, 4): 1, (4, 6): 1, (6, 4): 1}
+    # a lone loop calling again 1.6 ms after its previous call (a CPU server): the split gap shrinks to half of that
+    lone = [Execution(0.01 * i, 0.01 * i + 0.0084 + 0.0002 * (i % 2), 2) for i in range(5)]
+    assert own_call_gap_s(lone) == pytest.approx(0.0016) and back_to_back_s(own_call_gap_s(lone)) == pytest.approx(0.0008)
+    assert back_to_back_s(None) == back_to_back_s(0.01) == BACK_TO_BACK_S and own_call_gap_s(lone[:1]) is None
 
 
 def test_without_cuda_the_sampling_loops_are_cpu_instances(server, torch_server) -> None:

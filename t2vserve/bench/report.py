@@ -110,13 +110,22 @@ def barrier_cell(waits: dict[str, float] | None) -> str:
     return f"{waits.get('waits', 0):.1f} ({waits.get('waited_s', 0) * 1e3:.0f} ms)" if waits is not None else "-"
 
 
+def split_cell(entries: dict[str, Any]) -> str:
+    """Back-to-back executions one batch could have held (``bench.split_batches``): pairs, by sizes; at concurrency 1
+    the lone loop's own gap between calls; - before either existed."""
+    split, own_gap = entries.get("split_batches"), entries.get("own_call_gap_ms")
+    if split is None:
+        return f"- (own gap {own_gap:.1f} ms)" if own_gap is not None else "-"
+    return f"{split['split_pairs']}" + (f" ({', '.join(f'{k}: {n}' for k, n in split['by_batches'].items())})" if split["by_batches"] else "")
+
+
 def work_table(served: dict[str, Any]) -> list[str]:
     """Per concurrency, what the denoiser and scheduler did per clip (Triton statistics): the diagnosis of a ratio."""
     work = {int(k): v for k, v in served.get("work_per_clip_by_concurrency", {}).items()}
     if not work:
         return []
-    lines = ["", "| concurrency | denoiser executions / clip | mean batch | denoiser compute / clip | denoiser queue / clip | compute per execution by batch size | scheduler compute / clip | step-barrier waits / clip |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| concurrency | denoiser executions / clip | mean batch | denoiser compute / clip | denoiser queue / clip | compute per execution by batch size | scheduler compute / clip | step-barrier waits / clip | split batches (pairs) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(work):
         entries = work[c]
         denoiser = next((e for e in served.get("denoiser_entries", []) if entries.get(e, {}).get("executions")), None)
@@ -125,7 +134,7 @@ def work_table(served: dict[str, Any]) -> list[str]:
         d, sched = entries[denoiser], entries.get("scheduler", {})
         sizes = ", ".join(f"b{size}: {b['count']:.0f} x {b['compute_ms_each']:.0f} ms" for size, b in sorted(d["batches"].items(), key=lambda kv: int(kv[0])))
         lines.append(f"| {c} | {d['executions']:.1f} | {d['inferences'] / max(d['executions'], 1e-9):.2f} | {d['compute_ms'] / 1e3:.2f} s | "
-                     f"{d['queue_ms'] / 1e3:.2f} s | {sizes} | {sched.get('compute_ms', 0) / 1e3:.2f} s | {barrier_cell(entries.get('step_barrier'))} |")
+                     f"{d['queue_ms'] / 1e3:.2f} s | {sizes} | {sched.get('compute_ms', 0) / 1e3:.2f} s | {barrier_cell(entries.get('step_barrier'))} | {split_cell(entries)} |")
     return lines
 
 

@@ -17,13 +17,14 @@ from typing import Any
 
 from ..client import GenerationRequest, T2VClient
 from ..batcher_delay import set_queue_delay
-from ..spec import MP4, SCHEDULER_INSTANCES
+from ..spec import DENOISER_MAX_BATCH, MP4, SCHEDULER_INSTANCES
 from ..step_barrier import BARRIER_METRICS
 from ..step_cache import read_step_metrics
 from ..server import EmbeddedTritonServer
 from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 from ..video import encode_mp4
 from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed, warm_postprocess
+from .split_batches import back_to_back_s, executions, own_call_gap_s, summary as split_summary
 from .tracks import served_tracks
 
 
@@ -124,14 +125,25 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         throughput: dict[int, float] = {}
         work: dict[int, Any] = {}
         results["throughput_clips_per_s"], results["work_per_clip_by_concurrency"] = throughput, work  # checkpointed as they fill
+        own_gap_s: float | None = None  # a lone loop's gap between its calls (concurrency 1): sets the splits' gap
         for concurrency in args.concurrency:
             before, waits_before = model_stats(server.grpc_url), barrier_waits(server.metrics_url)
+            log_offset = log.stat().st_size
             throughput[concurrency] = load(server.grpc_url, request, concurrency, args.per_client)
             # where the time went at this concurrency: per clip, each entry's executions, compute, queue, batch sizes
             work[concurrency] = stats_delta(before, model_stats(server.grpc_url), concurrency * args.per_client)
             # the loops' waits at the step barrier (t2vserve.step_barrier), per clip
             work[concurrency]["step_barrier"] = {k: (v - waits_before.get(k, 0.0)) / (concurrency * args.per_client)
                                                  for k, v in barrier_waits(server.metrics_url).items()}
+            time.sleep(0.5)  # the stubs' last log lines reach the server log
+            with log.open(errors="replace") as text:  # executions that ran back to back where one batch would have held both
+                text.seek(log_offset)
+                runs = executions(text.read(), denoiser)
+            if concurrency == 1:  # one loop: no split possible; its own gap between calls
+                own_gap_s = own_call_gap_s(runs)
+                work[concurrency]["own_call_gap_ms"] = None if own_gap_s is None else own_gap_s * 1e3
+            else:
+                work[concurrency]["split_batches"] = split_summary(runs, DENOISER_MAX_BATCH, back_to_back_s(own_gap_s))
             print(f"concurrency {concurrency}: {throughput[concurrency]:.3f} clips/s; {denoiser} per clip: {work[concurrency][denoiser]}", flush=True)
             checkpoint()
         results["denoiser_entries"] = sorted(set(sum(geometry.tracks.values(), [])))
