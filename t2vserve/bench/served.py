@@ -24,7 +24,6 @@ from ..server import EmbeddedTritonServer
 from ..triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
 from ..video import encode_mp4
 from .common import as_client_request, bench_request, environment, load, load_geometry, model_stats, stats_delta, timed, warm_postprocess
-from .split_batches import back_to_back_s, executions, own_call_gap_s, summary as split_summary
 from .tracks import served_tracks
 
 
@@ -51,6 +50,9 @@ class GpuMemoryPoller:
 
 
 def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
+    # here, not at the top: the package imports this module, and `python -m t2vserve.bench.split_batches` runs that one
+    from .split_batches import back_to_back_s, executions, own_call_gap_s, summary as split_summary
+
     geometry = load_geometry(repository)
     request = as_client_request(bench_request(geometry, args.steps, args.frames, (args.precisions or [None])[0], height=args.height, width=args.width))
     results: dict[str, Any] = {"request": request.__dict__, "environment": environment(), "runner": args.runner}

@@ -7,7 +7,7 @@ a step's fixed cost. This finds them in the server log from the stubs' stage lin
 line per execution, with its batch and milliseconds, stamped by Triton's logger), so the bench reports them per
 concurrency and a saved log can be read again::
 
-    python -m t2vserve.bench.split_batches bench-tritonserver.log --entry unet --max-batch 8
+    python -m t2vserve.bench.split_batches bench-tritonserver.log --entry unet
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..spec import DENOISER_MAX_BATCH
 from ..triton_models.stage_timing import STAGE_LOG
 
 #: ``I1207 19:57:24.056208 7119 stage_timing.py:53] "unet: stage ms: inputs 0.40, run 103.46, outputs 0.75, batch 6"``
 _LINE = re.compile(r"^[IWE]\d{4} (?P<h>\d\d):(?P<m>\d\d):(?P<s>\d\d\.\d+) .*?\"(?P<entry>[\w.-]+): " + re.escape(STAGE_LOG) + r'(?P<stages>[^"]*)"')
 #: The second of two executions starts within this of the first one's end: it was queued while the first ran. A
-#: loop's own next call comes later: its sampler update and BLS round trip (H100, 256x256x16: the gaps between
-#: executions fall at 1-2 ms or at 4 ms and more, none between 3 and 4).
+#: loop's own next call comes later: its sampler update and BLS round trip (H100, 256x256x16: of 876 gaps between
+#: executions, those of queued ones took 1-2.5 ms, a loop's own 3.8 ms and more; one took 3.2 ms).
 BACK_TO_BACK_S = 0.003
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="split denoiser batches in a t2vserve server log (T2V_STAGE_TIMING=1)")
     parser.add_argument("log", type=Path, nargs="+")
     parser.add_argument("--entry", default="unet")
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=DENOISER_MAX_BATCH)
     parser.add_argument("--gap-ms", type=float, default=BACK_TO_BACK_S * 1e3)
     parser.add_argument("--out", type=Path, default=None, help="write the summaries as JSON here")
     args = parser.parse_args(argv)
