@@ -4,7 +4,8 @@ The generated configs hold ``spec.DENOISER_QUEUE_DELAY_US``: a lone request wait
 concurrent requests' steps share a batch, and the sampling loops' step barrier window (``t2vserve.step_barrier``,
 config parameter ``spec.STEP_BARRIER_PARAMETER``) is the same value; both are rewritten together. A latency-first
 deployment sets 0 (the barrier off too), and concurrent requests then batch less. A re-export writes the
-generated delay again unless it is given the same flag (``python -m t2vserve.export ... --denoiser-queue-delay-us 0``).
+generated delay again unless it is given the same flag (``python -m t2vserve.export ... --denoiser-queue-delay-us 0``);
+the compose ``engines`` service's reuse of an export keeps the delay the configs hold (``current_queue_delay``).
 
     python -m t2vserve.batcher_delay --repository model_repository --denoiser-queue-delay-us 0
 """
@@ -25,6 +26,15 @@ _WINDOW = re.compile(rf'(key: "{STEP_BARRIER_PARAMETER}" value: {{ string_value:
 
 def _configs(repository: Path) -> list[Path]:
     return sorted([*repository.glob("*/config.pbtxt"), *repository.glob("*/configs/*.pbtxt")])
+
+
+def current_queue_delay(repository: Path) -> int | None:
+    """The denoisers' batcher delay in ``repository``'s configs as they are (None: no entry with a dynamic batcher)."""
+    for path in _configs(repository):
+        found = _DELAY.search(path.read_text())
+        if found:
+            return int(found.group().rpartition(" ")[2])
+    return None
 
 
 def check_queue_delay(microseconds: int) -> None:

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .batcher_delay import current_queue_delay, set_queue_delay
+from .deployment import deployed_tracks
 from .engines import (
     ONNX_FILE,
     Backend,
@@ -83,9 +85,14 @@ def export_if_needed(
     """Export ``weights`` (a diffusers directory) or, without one, the tiny demo model, unless already exported."""
     source = export_source(weights)
     if export_is_current(repository, source) and not reexport:
-        geometry = load_geometry(repository)  # configs follow this version of the declarations when the export is reused
-        write_repository(repository, geometry.family, geometry.experts, get_family(geometry.family).present_components(geometry))
-        log(f"export of the {source['source']} model already in {repository}: skipped (--reexport redoes it)")
+        # configs follow this version of the declarations when the export is reused, with the deployment's choices:
+        # the tracks it serves (export --tracks) and the denoisers' batcher delay (export or batcher_delay)
+        geometry, tracks, delay = load_geometry(repository), deployed_tracks(repository), current_queue_delay(repository)
+        write_repository(repository, geometry.family, geometry.experts, get_family(geometry.family).present_components(geometry), tracks)
+        if delay is not None:
+            set_queue_delay(repository, delay)
+        kept = f"tracks {', '.join(tracks) if tracks is not None else 'all'}, batcher delay {delay} us"
+        log(f"export of the {source['source']} model already in {repository}: skipped (--reexport redoes it); configs rewritten, kept {kept}")
         return
     args = ["--repository", str(repository)]
     args += ["--weights", str(weights)] if source["source"] == "weights" else ["--tiny"]

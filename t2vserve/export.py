@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .batcher_delay import check_queue_delay, set_queue_delay
+from .deployment import write_deployment
 from .families import family_of, get_family
 from .families.base import Slot
 from .onnx_export import compare_with_torch, export_graph
@@ -135,6 +136,7 @@ def export_model(
         if unknown:
             raise ValueError(f"--tracks: unknown track(s) {', '.join(unknown)}; this model's: {', '.join(geometry.tracks)}")
     write_repository(repository, family.name, geometry.experts, family.present_components(geometry), tracks)  # configs and model.py files
+    write_deployment(repository, tracks)  # kept when the configs are written again (engines_cli's reuse of an export)
     log.info("loaded %s in %.1f s (K/V width %d over %d layers)", model_dir, time.perf_counter() - start, geometry.kv_layout.width, len(geometry.kv_layout.layers))
     left_out = {e for track, entries in geometry.tracks.items() if tracks is not None and track not in tracks for e in entries}
     slots = tuple(slot for slot in family.slots_of(geometry) if slot.name not in left_out)

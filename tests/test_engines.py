@@ -25,8 +25,10 @@ from t2vserve.engines import (
     TensorRTUnavailable,
 )
 from t2vserve.families import get_family
-from t2vserve.repository import slot_tensors, stale_files
-from t2vserve.spec import DENOISER_MAX_BATCH, KV, LATENTS, SAMPLE, TIMESTEP
+from t2vserve.batcher_delay import current_queue_delay, set_queue_delay
+from t2vserve.deployment import deployed_tracks, write_deployment
+from t2vserve.repository import render_repository, slot_tensors, stale_files
+from t2vserve.spec import DENOISER_MAX_BATCH, DENOISER_QUEUE_DELAY_US, KV, LATENTS, SAMPLE, TIMESTEP
 from t2vserve.geometry import GEOMETRY_FILE, KVLayout, ModelGeometry
 
 A100 = RuntimeInfo("10.5.0", "NVIDIA A100-SXM4-80GB", "8.0")
@@ -453,3 +455,27 @@ def test_export_is_skipped_only_for_the_same_source(repo, tmp_path) -> None:
     (weights / "unet" / "config.json").write_text('{"in_channels": 8}')
     assert not engines_cli.export_is_current(repo, engines_cli.export_source(weights))
     assert not engines_cli.export_is_current(repo, {"source": "tiny"})
+
+
+def test_a_reused_export_keeps_the_tracks_and_batcher_delay_it_was_deployed_with(repo, tmp_path) -> None:
+    """The engines service rewrites the configs of an export it reuses: with the tracks the export was told to serve
+    (export --tracks, recorded in deployment.json) and the delay set since (batcher_delay), not every track at the
+    generated delay."""
+    optional = UNET3D.present_components(_geometry("tiny"))
+    (repo / "scheduler" / "1" / engines_cli.EXPORT_SOURCE_FILE).write_text(json.dumps({"source": "tiny"}))  # an export of the tiny model
+    for rel, text in render_repository("unet3d", 1, optional, ["fp16"]).items():  # as `export --tracks fp16` wrote them
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    write_deployment(repo, ["fp16"])
+    set_queue_delay(repo, 0)  # python -m t2vserve.batcher_delay --denoiser-queue-delay-us 0
+    lines: list[str] = []
+    engines_cli.export_if_needed(repo, None, None, False, lines.append)
+    assert "skipped" in lines[0] and "kept tracks fp16, batcher delay 0 us" in lines[0]
+    assert deployed_tracks(repo) == ["fp16"] and current_queue_delay(repo) == 0
+    unserved = (repo / "unet_fp8" / "config.pbtxt").read_text()
+    assert "this deployment serves the tracks fp16 only" in unserved
+    set_queue_delay(repo, DENOISER_QUEUE_DELAY_US)  # apart from the delay, the files are those of export --tracks fp16
+    assert [rel for rel, text in render_repository("unet3d", 1, optional, ["fp16"]).items() if (repo / rel).read_text() != text] == []
+    write_deployment(repo, None)  # an export serving every track: the rewrite serves them all again
+    engines_cli.export_if_needed(repo, None, None, False, lines.append)
+    assert stale_files(repo, "unet3d", 1, optional) == [] and "kept tracks all" in lines[1]
