@@ -60,6 +60,7 @@ from .spec import (
     STREAM_PARAMETERS,
     TEXT_ENCODER,
     TOTAL_STEPS,
+    USED_SEED,
     VAE_DECODER,
     VIDEO,
 )
@@ -151,13 +152,14 @@ def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
     return convert(slot.inputs), convert(slot.outputs)
 
 
-#: The ensemble returns the seed it used (random when the request gave none) as this output.
-USED_SEED = "USED_SEED"
+# The ensemble returns the seed it used as USED_SEED: ``preprocess`` gives it apart from RESOLVED_SEED, which the
+# scheduler consumes. An ensemble output that a later step also read made a request for it alone fail (Triton 2.51:
+# "unexpected deadlock ... no more ensemble steps").
 
 
 def _resolved(name: str) -> str:
     """Ensemble tensor carrying the resolved value of parameter ``name``."""
-    return USED_SEED if name == "SEED" else f"resolved_{name.lower()}"
+    return f"resolved_{name.lower()}"
 
 
 ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
@@ -165,7 +167,8 @@ ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     (
         "preprocess",
         {p.name: p.name for p in PARAMETERS},
-        {INPUT_IDS: "input_ids", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS}},
+        {INPUT_IDS: "input_ids", DEADLINE: "deadline", RESPONSE_KEY: "response_key", **{f"RESOLVED_{n}": _resolved(n) for n in RESOLVED_PARAMETERS},
+         USED_SEED: USED_SEED},
     ),
     # text_encoder + kv_projector behind the shared cache (they stay entries: conditioning calls them through BLS)
     (CONDITIONING_MODEL, {INPUT_IDS: "input_ids"}, {KV: "kv"}),
@@ -304,7 +307,7 @@ def _python_entries(layout: tuple[Slot, ...]) -> dict[str, tuple[str, list[Tenso
             "preprocess",
             ensemble_inputs(),
             [TensorDef(INPUT_IDS, "TYPE_INT64", (2, -1)), TensorDef(DEADLINE, "TYPE_FP64", (1,)), TensorDef(RESPONSE_KEY, "TYPE_STRING", (1,))]
-            + RESOLVED,
+            + RESOLVED + [TensorDef(USED_SEED, "TYPE_INT64", (1,))],
             {"max_time_limit_s": f"{MAX_TIME_LIMIT_S:g}", "safety_filter": SAFETY_FILTER_FILE, "safety_filter_enabled": "true"},
         ),
         CONDITIONING_MODEL: (

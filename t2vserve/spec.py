@@ -23,6 +23,7 @@ LATENTS = "LATENTS"  # fp32 [frames, channels, h, w]: denoised latents, frames a
 FRAMES = "FRAMES"  # uint8 [frames, H, W, 3]: decoded frames, converted in the decoder slot (video.uint8_frames)
 VIDEO = "VIDEO"  # uint8 [frames, H, W, 3]
 MP4 = "MP4"  # bytes [1]: H.264 MP4 file
+USED_SEED = "USED_SEED"  # int64 [1]: the seed the clip used (drawn by the server when the request gave none)
 DEADLINE = "DEADLINE"  # fp64 [1]: unix time (s) at which the request's TIME_LIMIT_S runs out (set by preprocess)
 # bytes [1]: the response cache's key of a request with an explicit SEED (params.ResolvedRequest.response_key); empty: not cacheable
 RESPONSE_KEY = "RESPONSE_KEY"

@@ -85,6 +85,29 @@ def test_omitted_seed_is_random_and_returned(grpc_client) -> None:
     np.testing.assert_array_equal(grpc_client.generate(GenerationRequest(PROMPT, steps=1, seed=a.seed)).video, a.video)
 
 
+def test_a_request_for_the_used_seed_alone_gets_it(server) -> None:
+    """A raw request that asks for USED_SEED only (tritonclient, no VIDEO or MP4) gets the seed it gave, or the one
+    the server drew; the ensemble output is preprocess's own, not the tensor the scheduler consumes."""
+    import tritonclient.grpc as grpcclient
+
+    def used_seed(seed: int | None) -> np.ndarray:
+        given = {"PROMPT": np.array([PROMPT.encode()], dtype=np.object_), "STEPS": np.array([1], dtype=np.int32)}
+        if seed is not None:
+            given["SEED"] = np.array([seed], dtype=np.int64)
+        inputs = []
+        for name, value in given.items():
+            inputs.append(grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else ("INT32" if value.dtype == np.int32 else "INT64")))
+            inputs[-1].set_data_from_numpy(value)
+        with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+            result = raw.infer("t2v", inputs, outputs=[grpcclient.InferRequestedOutput("USED_SEED")])
+        assert result.as_numpy("VIDEO") is None and result.as_numpy("MP4") is None
+        return result.as_numpy("USED_SEED")
+
+    assert used_seed(77).tolist() == [77]
+    drawn = used_seed(None)
+    assert drawn.dtype == np.int64 and drawn.shape == (1,) and 0 <= int(drawn[0]) < 2**63
+
+
 @pytest.mark.parametrize("guidance", [6.0, 1.0])
 def test_served_clip_equals_diffusers_pipeline(grpc_client, server, tiny_model_dir, geometry, guidance: float) -> None:
     """Independent reference: diffusers' own TextToVideoSDPipeline with DDIM, same weights and seed. At guidance 1

@@ -28,6 +28,7 @@ from ..spec import (
     RESOLVED_PARAMETERS,
     RESPONSE_KEY,
     SAFETY_FILTER_FILE,
+    USED_SEED,
 )
 from .common import config_parameter, error_response, model_config, optional_input, version_dir
 
@@ -67,6 +68,7 @@ class TritonPythonModel:
             for name, value in resolved.resolved().items():
                 value = value.encode("utf-8") if isinstance(value, str) else value
                 outputs.append(pb_utils.Tensor(f"RESOLVED_{name}", np.array([value], dtype=NUMPY_DTYPES[RESOLVED_PARAMETERS[name]])))
+            outputs.append(pb_utils.Tensor(USED_SEED, np.array([resolved.seed], dtype=np.int64)))  # the ensemble's answer
             return pb_utils.InferenceResponse(outputs)
         except Exception as exc:  # every failure becomes an error response; the model keeps serving
             return error_response(exc)
