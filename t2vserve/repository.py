@@ -152,9 +152,7 @@ def slot_tensors(slot: Slot) -> tuple[list[TensorDef], list[TensorDef]]:
     return convert(slot.inputs), convert(slot.outputs)
 
 
-# The ensemble returns the seed it used as USED_SEED: ``preprocess`` gives it apart from RESOLVED_SEED, which the
-# scheduler consumes. An ensemble output that a later step also read made a request for it alone fail (Triton 2.51:
-# "unexpected deadlock ... no more ensemble steps").
+# USED_SEED comes from preprocess apart from RESOLVED_SEED: an output a later step reads failed a request for it alone.
 
 
 def _resolved(name: str) -> str:

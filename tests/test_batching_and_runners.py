@@ -19,7 +19,7 @@ from t2vserve.server import EmbeddedTritonServer
 from t2vserve.step_barrier import BARRIER_METRICS
 from t2vserve.step_cache import read_step_metrics
 from t2vserve.spec import DENOISER_MAX_BATCH, POSTPROCESS_INSTANCES, SCHEDULER_INSTANCES, STREAM_MODEL
-from t2vserve.triton_models.stage_timing import STAGE_TIMING_ENV, parse_stage_lines
+from t2vserve.triton_models.stage_timing import STAGE_TIMING_ENV, StageTimer, parse_stage_lines
 
 PROMPTS = ["a cat playing the piano", "a drone shot over snowy mountains", "a chef cooking pasta", "fireworks over a river"]
 
@@ -105,6 +105,29 @@ def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
     assert unet["run"] > unet["inputs"] and stages["vae_decoder"]["records"] == 1
     post = stages["postprocess"]
     assert (post["records"], post["frames"]) == (1, len(clip.video)) and post["encode"] > post["inputs"] + post["outputs"]
+
+
+def test_stage_timing_with_a_switch_file_times_records_only_while_it_exists(monkeypatch, tmp_path) -> None:
+    """T2V_STAGE_TIMING=<path>: the bench times one server with and without the marks' CUDA synchronisations; a
+    record is timed (synchronised, logged) only if the file exists when it starts."""
+    switch = tmp_path / "stage-timing.on"
+    monkeypatch.setenv(STAGE_TIMING_ENV, str(switch))
+    lines, syncs = [], []
+    timer = StageTimer("unet", lines.append, lambda: syncs.append(1))
+
+    def record() -> None:
+        timer.start()
+        timer.mark("run")
+        timer.finish(batch=2)
+
+    record()
+    assert lines == [] and syncs == []
+    switch.touch()
+    record()
+    assert len(lines) == 1 and len(syncs) == 2 and parse_stage_lines(f'I1207 00:00:00.000 1 x] "{lines[0]}"')["unet"]["batch"] == 2
+    switch.unlink()
+    record()
+    assert len(lines) == 1 and len(syncs) == 2
 
 
 def test_the_server_log_gives_each_denoiser_execution_its_batch_and_time(torch_server) -> None:

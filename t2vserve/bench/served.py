@@ -61,8 +61,11 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         # every denoiser output itself (t2vserve.placement)
         os.environ["T2V_ASSERT_DEVICE"] = "cuda"
         os.environ["T2V_STUB_NUMPY1"] = "1"  # client/gpu_bench.sh: numpy 1.x for Triton's Python stubs only
-    # every runner execution and sampling-loop request logs its stages' milliseconds (read back below)
-    os.environ[STAGE_TIMING_ENV] = "1"
+    # every runner execution and sampling-loop request logs its stages' milliseconds (read back below) while this
+    # switch file exists; the clip is also timed without it (no CUDA synchronisations at the stubs' marks)
+    timing_switch = (Path(args.out).parent / "stage-timing.on").resolve()
+    timing_switch.touch()
+    os.environ[STAGE_TIMING_ENV] = str(timing_switch)
     tag = "" if args.queue_delay_us is None else f"-delay{args.queue_delay_us}us"
     tag += "" if args.gpu_poll_s else "-nopoll"
     tag += "" if args.gpu_metrics else "-nogpumetrics"
@@ -108,6 +111,11 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             with log.open(errors="replace") as text:  # the timed requests' stages, as each entry's stub saw them
                 text.seek(log_offset)
                 results["stage_ms_per_record"] = parse_stage_lines(text.read())
+            # the same clip with the stubs' stage timing off: what a deployment (which runs without it) waits
+            timing_switch.unlink()
+            results["served_clip_untimed_s"] = statistics.median(
+                [client.generate(replace(request, prompt=f"{request.prompt}, untimed take {i}")).seconds for i in range(args.repeats)])
+            timing_switch.touch()
             # the frames stay on the server (RETURN_FRAMES false): what a client wanting the MP4 only waits, and postprocess's work then
             mp4_before = model_stats(server.grpc_url)
             results["served_clip_mp4_only_s"] = statistics.median(
@@ -155,6 +163,7 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         checkpoint()
         if args.perf_analyzer:
             results["perf_analyzer"] = run_perf_analyzer(args.perf_analyzer, server.grpc_url, Path(args.out).parent, request)
+    timing_switch.unlink(missing_ok=True)
     print(f"served clip {results['served_clip_s']:.3f} s; scheduler overhead {results['scheduler_overhead_per_step_ms']:.2f} ms/step", flush=True)
     return results
 

@@ -1,4 +1,6 @@
-"""Opt-in split of an entry's time into its stages, for the benchmarks (``T2V_STAGE_TIMING=1``; off by default).
+"""Opt-in split of an entry's time into its stages, for the benchmarks (``T2V_STAGE_TIMING=1``; off by default;
+an absolute path instead of 1: on while that file exists, read at each record, so the bench can time the same
+server with and without the marks' CUDA synchronisations).
 
 Each record (one execution of a runner entry, one request of the sampling loop) becomes one server-log line
 ``<entry>: stage ms: <stage> <ms>, ...``; ``t2vserve.bench`` reads them back (``parse_stage_lines``). Marks
@@ -13,6 +15,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 #: Environment switch read by the Python-backend models; the GPU bench sets it for its server.
@@ -23,7 +26,15 @@ _LINE = re.compile(r"(?P<entry>[\w.-]+): " + re.escape(STAGE_LOG) + r'(?P<stages
 
 
 def stage_timing_enabled() -> bool:
-    return os.environ.get(STAGE_TIMING_ENV, "") == "1"
+    """Whether the entries make a ``StageTimer``: ``$T2V_STAGE_TIMING`` is 1 or a switch file's path."""
+    value = os.environ.get(STAGE_TIMING_ENV, "")
+    return value == "1" or value.startswith("/")
+
+
+def stage_timing_switch() -> Path | None:
+    """The switch file of ``$T2V_STAGE_TIMING`` (records are timed while it exists); None: always on (or off)."""
+    value = os.environ.get(STAGE_TIMING_ENV, "")
+    return Path(value) if value.startswith("/") else None
 
 
 class StageTimer:
@@ -32,15 +43,22 @@ class StageTimer:
 
     def __init__(self, entry: str, log: Callable[[str], None], sync: Callable[[], None] | None = None) -> None:
         self.entry, self.log, self.sync = entry, log, sync
+        self.switch = stage_timing_switch()
         self._record = threading.local()
 
     def start(self) -> None:
+        """A new record; timed only while the switch file exists, where there is one (else marks do nothing)."""
+        self._record.active = self.switch is None or self.switch.exists()
+        if not self._record.active:
+            return
         if self.sync is not None:
             self.sync()
         self._record.stages, self._record.last = {}, time.perf_counter()
 
     def mark(self, stage: str) -> None:
         """The time since the previous mark (or ``start``) is added to ``stage``."""
+        if not getattr(self._record, "active", False):
+            return
         if self.sync is not None:
             self.sync()
         now, record = time.perf_counter(), self._record
@@ -48,6 +66,8 @@ class StageTimer:
         record.last = now
 
     def finish(self, **counts: int) -> None:
+        if not getattr(self._record, "active", False):
+            return
         stages = self._record.stages
         fields = [f"{stage} {ms:.2f}" for stage, ms in stages.items()] + [f"{k} {v}" for k, v in counts.items()]
         self.log(f"{self.entry}: {STAGE_LOG}{', '.join(fields)}")
