@@ -34,6 +34,7 @@ from .spec import (
     STREAM_MODEL,
     STREAM_PARAMETERS,
     TOTAL_STEPS,
+    USED_SEED,
     VIDEO,
     WIRE_DTYPES,
     Parameter,
@@ -143,7 +144,7 @@ class T2VClient:
             raise ValueError(f"outputs must include {MP4} and be among {CLIP_OUTPUTS}, got {tuple(outputs)}")
         if VIDEO not in outputs and request.return_frames is None:
             request = replace(request, return_frames=False)
-        outputs = [self._module.InferRequestedOutput(name) for name in dict.fromkeys((*outputs, "USED_SEED"))]
+        outputs = [self._module.InferRequestedOutput(name) for name in dict.fromkeys((*outputs, USED_SEED))]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         start = time.perf_counter()
         result = self._client.infer(self.model, self._inputs(request, PARAMETERS), outputs=outputs, **kwargs)
@@ -228,7 +229,7 @@ class T2VClient:
 def _result(output: Any, seconds: float) -> GenerationResult:
     """The clip from a response's outputs (``output``: name -> array)."""
     mp4 = output(MP4).reshape(-1)[0]
-    return GenerationResult(output(VIDEO), bytes(mp4), int(output("USED_SEED").reshape(-1)[0]), seconds)  # VIDEO: None if not requested
+    return GenerationResult(output(VIDEO), bytes(mp4), int(output(USED_SEED).reshape(-1)[0]), seconds)  # VIDEO: None if not requested
 
 
 def _json_value(array: np.ndarray) -> Any:
@@ -245,7 +246,7 @@ def _sse_outputs(event: dict[str, Any]) -> dict[str, np.ndarray]:
     mp4 = event[MP4].encode("latin-1")
     frames = decode_mp4(mp4)[0]
     video = np.asarray(event[VIDEO], dtype=np.uint8).reshape(-1, *frames.shape[1:])  # 0 frames with RETURN_FRAMES false
-    return {VIDEO: video, MP4: np.array([mp4], dtype=np.object_), "USED_SEED": np.asarray(event["USED_SEED"])}
+    return {VIDEO: video, MP4: np.array([mp4], dtype=np.object_), USED_SEED: np.asarray(event[USED_SEED])}
 
 
 class Spinner:

@@ -30,8 +30,9 @@ import mmap
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -92,21 +93,27 @@ class StepBarrier:
         self.table = np.frombuffer(self._map, dtype=np.int64).reshape(SLOTS, _FIELDS)
         self._lock = threading.Lock()  # flock does not exclude the threads of one process
 
-    def join(self) -> "LoopSlot":
-        """Claim a free slot (or one whose process died) for one request's loop; state COMPUTING."""
-        pid = os.getpid()
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The table to this thread alone: threads of this process (a lock) and other processes (flock)."""
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                for index in range(SLOTS):
-                    owner = int(self.table[index, 0])
-                    if owner == 0 or (owner != pid and not _alive(owner)):
-                        self.table[index, 2] = self.clock()
-                        self.table[index, 1] = COMPUTING
-                        self.table[index, 0] = pid
-                        return LoopSlot(self, index)
+                yield
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def join(self) -> "LoopSlot":
+        """Claim a free slot (or one whose process died) for one request's loop; state COMPUTING."""
+        pid = os.getpid()
+        with self._exclusive():
+            for index in range(SLOTS):
+                owner = int(self.table[index, 0])
+                if owner == 0 or (owner != pid and not _alive(owner)):
+                    self.table[index, 2] = self.clock()
+                    self.table[index, 1] = COMPUTING
+                    self.table[index, 0] = pid
+                    return LoopSlot(self, index)
         raise RuntimeError(f"step barrier {self.path}: all {SLOTS} slots are taken")
 
     def blocking(self, index: int) -> int:
@@ -120,16 +127,12 @@ class StepBarrier:
     def reap(self) -> int:
         """Free the slots of loops whose process died (a stub killed mid-request); how many."""
         freed = 0
-        with self._lock:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                for index in range(SLOTS):
-                    owner = int(self.table[index, 0])
-                    if owner and owner != os.getpid() and not _alive(owner):
-                        self.table[index, 1], self.table[index, 0] = IDLE, 0
-                        freed += 1
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with self._exclusive():
+            for index in range(SLOTS):
+                owner = int(self.table[index, 0])
+                if owner and owner != os.getpid() and not _alive(owner):
+                    self.table[index, 1], self.table[index, 0] = IDLE, 0
+                    freed += 1
         return freed
 
     def close(self) -> None:

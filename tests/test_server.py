@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from t2vserve.client import GenerationRequest
-from t2vserve.spec import PRESETS
+from t2vserve.spec import PRESETS, USED_SEED
 from t2vserve.video import decode_mp4
 
 PROMPT = "a red panda eating bamboo in a misty forest"
@@ -91,17 +91,14 @@ def test_a_request_for_the_used_seed_alone_gets_it(server) -> None:
     import tritonclient.grpc as grpcclient
 
     def used_seed(seed: int | None) -> np.ndarray:
-        given = {"PROMPT": np.array([PROMPT.encode()], dtype=np.object_), "STEPS": np.array([1], dtype=np.int32)}
-        if seed is not None:
-            given["SEED"] = np.array([seed], dtype=np.int64)
         inputs = []
-        for name, value in given.items():
-            inputs.append(grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else ("INT32" if value.dtype == np.int32 else "INT64")))
+        for name, value in GenerationRequest(PROMPT, seed=seed, steps=1).tensors().items():
+            inputs.append(grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype)))
             inputs[-1].set_data_from_numpy(value)
         with grpcclient.InferenceServerClient(server.grpc_url) as raw:
-            result = raw.infer("t2v", inputs, outputs=[grpcclient.InferRequestedOutput("USED_SEED")])
+            result = raw.infer("t2v", inputs, outputs=[grpcclient.InferRequestedOutput(USED_SEED)])
         assert result.as_numpy("VIDEO") is None and result.as_numpy("MP4") is None
-        return result.as_numpy("USED_SEED")
+        return result.as_numpy(USED_SEED)
 
     assert used_seed(77).tolist() == [77]
     drawn = used_seed(None)
