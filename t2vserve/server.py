@@ -29,6 +29,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -136,6 +137,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)  # no guard, or the launcher is already gone: do not start an orphan
 
 
+#: Where the Python backend's shared-memory regions live (POSIX shm on Linux).
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shm_regions(prefix: str) -> list[Path]:
+    """Delete the shared-memory regions named ``prefix``* (a stopped server's); the paths removed."""
+    removed = []
+    for path in SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @dataclass
 class EmbeddedTritonServer:
     """A ``tritonserver`` process on this machine; use as a context manager or call start()/stop()."""
@@ -154,6 +168,9 @@ class EmbeddedTritonServer:
     startup_timeout_s: float = 180.0  # READY waits for the models' warm-up (torch.compile on GPU runners: minutes)
     process: "subprocess.Popen[bytes] | None" = None
     _backend_dir: Path | None = None
+    # this server's Python-backend shared-memory regions are named <prefix><uuid> in SHM_DIR: stop() removes what
+    # its stubs left (a clean stop left 2 of 19 behind, a killed stub or server all of its own)
+    shm_prefix: str = field(default_factory=lambda: f"t2v_{os.getpid()}_{uuid.uuid4().hex[:8]}_")
 
     @property
     def http_url(self) -> str:
@@ -190,6 +207,7 @@ class EmbeddedTritonServer:
             # The Python backend moves tensors through shared memory: start with room for a clip.
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if self.cuda_memory_pool_mb:
             cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb * 2**20}")
@@ -265,6 +283,7 @@ class EmbeddedTritonServer:
                 self.process.wait()
         if self.process is not None and self.process.poll() is not None:
             remove_tables(self.process.pid)  # its sampling loops' step-barrier tables (t2vserve.step_barrier)
+            remove_shm_regions(self.shm_prefix)
         if self._backend_dir:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             self._backend_dir = None

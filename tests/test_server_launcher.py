@@ -21,7 +21,7 @@ import pytest
 
 from t2vserve.hostcheck import cuda_device_count
 from t2vserve.repository import render_repository
-from t2vserve.server import EmbeddedTritonServer, free_port, model_config_name
+from t2vserve.server import SHM_DIR, EmbeddedTritonServer, free_port, model_config_name
 from t2vserve.settings import COMPILE_CACHE_ENV, LOOPBACK, SERVER_HOST_ENV
 from t2vserve.spec import POSTPROCESS_INSTANCES
 
@@ -137,6 +137,24 @@ def test_stopped_launcher_leaves_no_tritonserver(tmp_path, sig, host) -> None:
                     pass
         if backend_dir and sig == signal.SIGKILL:  # the launcher had no chance to remove it
             shutil.rmtree(backend_dir, ignore_errors=True)
+
+
+@pytest.mark.server
+def test_a_killed_server_leaves_no_shared_memory_regions(tmp_path) -> None:
+    """The Python backend's regions carry the server's own prefix. A tritonserver killed with its stubs (SIGKILL: the
+    OOM killer, ``docker kill``) cannot unlink them, 16 MB a stub; stop() removes every one under the prefix."""
+    repository = _one_model_repository(tmp_path / "repo")
+    server = EmbeddedTritonServer(repository, log_path=tmp_path / "log").start(READY_TIMEOUT_S)
+    try:
+        regions = list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+        assert len(regions) >= POSTPROCESS_INSTANCES, regions  # a region per stub, under this server's prefix
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
+        assert all(region.exists() for region in regions)  # what a killed server leaves behind
+    finally:
+        server.stop()
+    assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
 
 
 def test_listens_on_loopback_unless_told_otherwise(monkeypatch) -> None:
