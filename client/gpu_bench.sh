@@ -9,6 +9,8 @@
 #                                                  # contexts / in a new process with the server's environment
 #   bash client/gpu_bench.sh prefill   [WHEEL_DIR] # torch.compile caches of the denoiser entries, all at once (SIZES=2: the
 #                                                  # CFG pair only), for a later part with the same T2V_COMPILE_CACHE_DIR
+#   bash client/gpu_bench.sh ramp      [WHEEL_DIR] # the runner's denoiser call lone and synchronised (a served step) vs back
+#                                                  # to back (the in-process loop), by compiled sizes (SIZES, default 2,4)
 # SERVE_TRACKS (e.g. fp16) exports only those tracks' denoiser entries: the others load and compile nothing.
 # PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, HEIGHT and WIDTH, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
@@ -60,6 +62,11 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 python3 -c 'import numpy; print("bench numpy", numpy.__version__)'
 T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version__); import diffusers, transformers, av, t2vserve.families'
 
+if [ "$part" = ramp ]; then
+  python3 -m t2vserve.bench.step_ramp --preset "${PRESET:-modelscope}" --work "${WORK:-/tmp/t2v-bench-${PRESET:-modelscope}}" ${SIZES:+--sizes "$SIZES"} \
+    ${PRECISION:+--precision "${PRECISION%%,*}"} --out "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.json" 2>&1 | grep --line-buffered -v "Warning\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.log"
+  exit
+fi
 pa=/tmp/site/perf_analyzer/bin/perf_analyzer
 extra=()
 if [ "$part" = served ] && [ -x "$pa" ] && [ "${PERF:-1}" = 1 ]; then extra=(--perf-analyzer "$pa"); fi  # PERF=0: skip it

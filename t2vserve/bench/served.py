@@ -115,6 +115,8 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
             timing_switch.unlink()
             results["served_clip_untimed_s"] = statistics.median(
                 [client.generate(replace(request, prompt=f"{request.prompt}, untimed take {i}")).seconds for i in range(args.repeats)])
+            results["served_clip_mp4_only_untimed_s"] = statistics.median(
+                [client.generate(replace(request, prompt=f"{request.prompt}, untimed mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
             timing_switch.touch()
             # the frames stay on the server (RETURN_FRAMES false): what a client wanting the MP4 only waits, and postprocess's work then
             mp4_before = model_stats(server.grpc_url)
