@@ -89,8 +89,8 @@ def test_torch_runner_serves_the_same_clip(server, torch_server) -> None:
 
 def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
     """T2V_STAGE_TIMING (the bench's stage split): each runner execution logs its inputs / run / outputs, the sampling
-    loop per request its BLS calls and its own work, postprocess per clip its check and encode; a step's BLS call
-    contains the denoiser's whole execution."""
+    loop per request its BLS calls and its own work (the sampler's update, the call's inputs), postprocess per clip its
+    check and encode; a step's BLS call contains the denoiser's whole execution."""
     offset = torch_server.log_path.stat().st_size
     with T2VClient(torch_server.grpc_url) as client:
         clip = client.generate(GenerationRequest(PROMPTS[1], seed=4, steps=3, precision="fp16"))
@@ -100,7 +100,7 @@ def test_stage_timing_splits_each_stub_s_time(torch_server) -> None:
         stages = parse_stage_lines(log.read())
     unet, loop = stages["unet"], stages["scheduler"]
     assert (unet["records"], unet["batch"]) == (3, 2) and (loop["records"], loop["steps"]) == (1, 3)
-    assert {"inputs", "run", "outputs"} <= set(unet) and {"loop", "bls"} <= set(loop)
+    assert {"inputs", "run", "outputs"} <= set(unet) and {"update", "inputs", "bls"} <= set(loop)
     assert loop["bls"] >= 3 * (unet["inputs"] + unet["run"] + unet["outputs"])
     assert unet["run"] > unet["inputs"] and stages["vae_decoder"]["records"] == 1
     post = stages["postprocess"]

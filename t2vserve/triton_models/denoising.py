@@ -97,7 +97,8 @@ class DenoisingLoop:
         table = table_path(os.getppid(), str(self.placement.device or "host"))  # ppid: tritonserver
         self.barrier = StepBarrier(table, window_us) if window_us > 0 else None
         self.host_inputs = 0  # requests whose K/V arrived in host memory
-        # Bench (T2V_STAGE_TIMING=1): per request, the milliseconds in BLS denoiser calls and in the loop's own work
+        # Bench (T2V_STAGE_TIMING=1): per request, the milliseconds in BLS denoiser calls, at the barrier and in the loop's
+        # own work: update (guidance and the sampler's step) and inputs (the cancellation check, the call's tensors)
         device = self.placement.device
         sync = (lambda: torch.cuda.synchronize(device)) if device is not None else None
         self.timer = StageTimer(args["model_name"], pb_utils.Logger.log_info, sync) if stage_timing_enabled() else None
@@ -151,14 +152,16 @@ class DenoisingLoop:
         previous_call_s: list[float | None] = [None]  # the last denoiser call's seconds: bounds the barrier's wait
 
         def denoiser(entry: str, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            if timer is not None:  # the previous output taken, guided and stepped, this call's rows built (sampling.denoise)
+                timer.mark("update")
             guard.check()
             batch = sample.shape[0]
             if batch not in kv_rows:
                 kv_rows[batch] = from_torch(KV, conditioning_rows(kv, batch))
             # the denoiser entries batch across requests: TIMESTEP travels as [batch, 1] (see repository.py)
             step_inputs = [from_torch(SAMPLE, sample), from_torch(TIMESTEP, timestep.reshape(-1, 1)), kv_rows[batch]]
-            if timer is not None:
-                timer.mark("loop")
+            if timer is not None:  # the cancellation check and the call's tensors handed to the Python backend
+                timer.mark("inputs")
             if slot is not None:  # the device's other loops' calls first reach the batcher beside this one
                 slot.wait_turn(wait_cap_s(previous_call_s[0]))
                 if timer is not None:
@@ -193,7 +196,7 @@ class DenoisingLoop:
         try:
             latents = denoise(denoiser, latents, steps, float(scalar("GUIDANCE_SCALE")), sampler, self.geometry, precision, after_step, cache)
             if timer is not None:
-                timer.mark("loop")
+                timer.mark("update")
                 timer.finish(steps=steps)
             return latents
         finally:
