@@ -169,7 +169,7 @@ class EmbeddedTritonServer:
     process: "subprocess.Popen[bytes] | None" = None
     _backend_dir: Path | None = None
     # this server's Python-backend shared-memory regions are named <prefix><uuid> in SHM_DIR: stop() removes what
-    # its stubs left (a clean stop left 2 of 19 behind, a killed stub or server all of its own)
+    # is left of them (a tritonserver killed with its stubs unlinks none)
     shm_prefix: str = field(default_factory=lambda: f"t2v_{os.getpid()}_{uuid.uuid4().hex[:8]}_")
 
     @property

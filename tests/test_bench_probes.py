@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from t2vserve.bench import step_ramp
 
 
-def test_step_ramp_times_the_denoiser_call_lone_and_back_to_back(repository, tmp_path) -> None:
+def test_step_ramp_times_the_denoiser_call_lone_and_back_to_back(repository) -> None:
     """Each configuration gets a lone call's launch and synchronised times and the back-to-back mean; the profile
     lists functions by their own CPU time, most first: on the CPU, eagerly, the module's torch operators lead."""
     results = step_ramp.measure(repository, "cpu", (2, 4))
@@ -18,4 +16,3 @@ def test_step_ramp_times_the_denoiser_call_lone_and_back_to_back(repository, tmp
     own = [row["own_ms_per_call"] for row in results["profile"]]
     assert own and own == sorted(own, reverse=True)
     assert results["profile"][0]["function"].startswith("~:0(<built-in method torch"), results["profile"][0]
-    (tmp_path / "ramp.json").write_text(json.dumps(results, default=str))  # the JSON the CLI writes
