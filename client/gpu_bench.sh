@@ -10,7 +10,8 @@
 #   bash client/gpu_bench.sh prefill   [WHEEL_DIR] # torch.compile caches of the denoiser entries, all at once (SIZES=2: the
 #                                                  # CFG pair only), for a later part with the same T2V_COMPILE_CACHE_DIR
 #   bash client/gpu_bench.sh ramp      [WHEEL_DIR] # the runner's denoiser call lone and synchronised (a served step) vs back
-#                                                  # to back (the in-process loop), by compiled sizes (SIZES, default 2,4)
+#                                                  # to back (the in-process loop), by compiled sizes (SIZES, default 2,4);
+#                                                  # ALSO_GUARDS=inputs: once more compiled with T2V_COMPILE_GUARDS=inputs
 # SERVE_TRACKS (e.g. fp16) exports only those tracks' denoiser entries: the others load and compile nothing.
 # PRESET (default modelscope; wan22-480p, wan22-720p), STEPS, FRAMES, HEIGHT and WIDTH, CONCURRENCY (default 1,2,4),
 # STEP_CACHE (inprocess: also time the clip with the step cache at these thresholds, e.g. 0.1,0.2; default none),
@@ -23,7 +24,8 @@
 # for this run (default: the generated config's); ALSO_SERVED (e.g. delay=0,poll=0+gpumetrics=0): serve again with these
 # settings after the served part (latency only, same runners); GPU_POLL_S: nvidia-smi's memory polling interval (0: off);
 # T2V_COMPILED_BATCH_SIZES=2: compile one request's size only.
-# T2V_TORCH_COMPILE=none serves the torch runner eagerly (t2vserve/settings.py; no compile at start).
+# T2V_TORCH_COMPILE=none serves the torch runner eagerly (t2vserve/settings.py; no compile at start);
+# T2V_COMPILE_GUARDS=inputs skips dynamo's per-call guards on the modules' own state (the ramp part measures it).
 # Wheels the machine lacks (nvidia-pytriton, perf-analyzer, diffusers, av, tritonclient, ...) are
 # installed from WHEEL_DIR into /tmp/site, which a .pth file puts first on the interpreter's path (the
 # Triton Python stub ignores PYTHONPATH; numpy 1.26 there because the Python backend of Triton 2.51
@@ -64,7 +66,7 @@ T2V_STUB_NUMPY1=1 python3 -c 'import numpy; print("stub numpy", numpy.__version_
 
 if [ "$part" = ramp ]; then
   python3 -m t2vserve.bench.step_ramp --preset "${PRESET:-modelscope}" --work "${WORK:-/tmp/t2v-bench-${PRESET:-modelscope}}" ${SIZES:+--sizes "$SIZES"} \
-    ${PRECISION:+--precision "${PRECISION%%,*}"} --out "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.json" 2>&1 | grep --line-buffered -v "Warning\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.log"
+    ${PRECISION:+--precision "${PRECISION%%,*}"} ${ALSO_GUARDS:+--also-guards "$ALSO_GUARDS"} --out "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.json" 2>&1 | grep --line-buffered -v "Warning\|warn_once\|This call originates\|upsampling.py\|is_torch_version\|^$" | tee "$out/ramp-${PRESET:-modelscope}${TAG:+-$TAG}.log"
   exit
 fi
 pa=/tmp/site/perf_analyzer/bin/perf_analyzer

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .params import ParameterError
-from .settings import compiled_batch_sizes_override, torch_compile_mode
+from .settings import compile_guards, compiled_batch_sizes_override, torch_compile_mode
 from .spec import CFG_BATCH, TIMESTEP
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class TorchRunner:
 
     Parameters (config ``parameters``): ``device`` auto|cuda|cpu, ``dtype`` auto|bf16|fp16|fp32 (auto:
     bf16 on CUDA, fp32 on CPU), ``compile`` none|default|max-autotune (torch.compile mode; the UNet
-    entries use ``default``: it pays on a compute-bound step, CUDA graphs do not), ``compiled_batch_sizes``
+    entries use ``default``: it pays on a compute-bound step, CUDA graphs do not), ``compile_guards`` all|inputs
+    (``settings.compile_guards``), ``compiled_batch_sizes``
     (default ``compiled_batch_sizes(max_batch_size, request_batch)``: "2,4,6,8" for CFG pairs, "1,2,4,8" for an
     entry whose track defaults to no guidance (``source.json``'s ``request_batch``, written by export)): one static graph
     each, compiled at warm-up; a batch of another size is padded to the next compiled size.
@@ -131,9 +132,8 @@ class TorchRunner:
         if slot.quantized_format == "fp8":
             self.kernels = f"{fp8_module(self.module, str(slot.recipe)).summary()} (E4M3 GEMMs, torch._scaled_mm); everything else torch {dtype}"
         mode = torch_compile_mode(params.get("compile", "none"))
-        # static graphs, one per compiled batch size (dynamic=False): the UNet3D's forward specialises the
-        # batch (diffusers' repeat_interleave), so a graph marked dynamic in it fails to compile and ran eagerly
-        self.forward = self.module if mode == "none" or device == "cpu" else torch.compile(self.module, mode=mode, dynamic=False)
+        self.compile_mode, self.guards = mode, compile_guards(params.get("compile_guards", "all"))
+        self.forward = self.module if mode == "none" or device == "cpu" else compile_module(self.module, mode, self.guards)
         sizes = compiled_batch_sizes_override(params.get("compiled_batch_sizes", ""))
         self.request_batch = int(source.get("request_batch", CFG_BATCH))
         self.compiled_sizes = tuple(sorted(int(s) for s in sizes.split(",") if s)) or compiled_batch_sizes(self.max_batch, self.request_batch)
@@ -193,6 +193,19 @@ class TorchRunner:
         if self.forward is not self.module and result.data_ptr() == output.data_ptr():
             result = result.clone()  # a compiled module's output may be a CUDA graph's buffer, overwritten by its next replay
         return {self.output_names[0]: result}
+
+
+def compile_module(module: torch.nn.Module, mode: str, guards: str = "all", backend: Any = "inductor") -> Callable[..., Any]:
+    """``torch.compile`` of a runner's module: static graphs, one per compiled batch size (``dynamic=False``: the
+    UNet3D's forward specialises the batch, diffusers' repeat_interleave, so a graph marked dynamic in it failed to
+    compile and ran eagerly). ``guards`` ``inputs``: dynamo skips its guards on the module's own state on every call
+    (``settings.compile_guards``); the inputs' guards stay, so each batch size still gets its own graph."""
+    if guards == "all":
+        return torch.compile(module, mode=mode, dynamic=False, backend=backend)
+    from torch._inductor import list_mode_options
+
+    options = {**list_mode_options(mode), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+    return torch.compile(module, options=options, dynamic=False, backend=backend)  # a mode is given through its options
 
 
 def compiled_batch_sizes(max_batch: int, request_batch: int = CFG_BATCH) -> tuple[int, ...]:

@@ -21,6 +21,13 @@ Environment variables override the defaults where a deployment needs another val
     ``max-autotune``): e.g. ``none`` to serve eagerly (no compile at start, slower steps), for debugging
     or a benchmark of the eager path. Unset: each entry's ``configs/torch.pbtxt`` decides.
 
+``T2V_COMPILE_GUARDS``
+    Which of dynamo's guards the torch runner's compiled modules check on every call: ``all`` (the default) or
+    ``inputs``: the guards on the module's own state are skipped (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``;
+    a served module is never changed after load) and the inputs' guards kept (their shapes pick the compiled batch
+    size). A lone served step cannot hide the guards' CPU time behind the previous step's GPU work (``gpu_bench.sh
+    ramp`` measures it). The entry's ``compile_guards`` config parameter sets it per entry.
+
 ``T2V_COMPILED_BATCH_SIZES``
     Overrides the torch runner's ``compiled_batch_sizes`` for every batched entry (e.g. ``2``: only one request's
     CFG pair is compiled, so a latency-only deployment or benchmark is READY after one compile instead of four;
@@ -56,6 +63,18 @@ def torch_compile_mode(configured: str) -> str:
     if mode not in TORCH_COMPILE_MODES:
         raise ValueError(f"{TORCH_COMPILE_ENV} / compile: {mode!r} is not a torch.compile mode; allowed: {', '.join(TORCH_COMPILE_MODES)}")
     return mode
+
+
+COMPILE_GUARDS_ENV = "T2V_COMPILE_GUARDS"
+COMPILE_GUARDS = ("all", "inputs")
+
+
+def compile_guards(configured: str) -> str:
+    """The torch runner's guards (``all`` or ``inputs``): ``$T2V_COMPILE_GUARDS`` if set, else ``configured``."""
+    guards = os.environ.get(COMPILE_GUARDS_ENV, "").strip() or configured or "all"
+    if guards not in COMPILE_GUARDS:
+        raise ValueError(f"{COMPILE_GUARDS_ENV} / compile_guards: {guards!r}; allowed: {', '.join(COMPILE_GUARDS)}")
+    return guards
 
 
 COMPILED_SIZES_ENV = "T2V_COMPILED_BATCH_SIZES"

@@ -295,3 +295,41 @@ def test_the_compiled_batch_sizes_can_be_narrowed_for_a_latency_deployment(monke
     monkeypatch.setenv(COMPILED_SIZES_ENV, "2,x")
     with pytest.raises(ValueError, match=COMPILED_SIZES_ENV):
         compiled_batch_sizes_override("")
+
+
+def test_compile_guards_inputs_keeps_the_shape_guards_and_drops_the_module_s(monkeypatch) -> None:
+    """``compile_guards`` inputs (``T2V_COMPILE_GUARDS``): a new batch size still gets its own graph, but a change to
+    the module's own state is no longer checked on each call (the served module never changes after load); with
+    ``all`` it is, and recompiles. A value outside the two names the variable."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from t2vserve.runners import compile_module
+    from t2vserve.settings import COMPILE_GUARDS_ENV, compile_guards
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = 2.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    for guards, stale in (("all", False), ("inputs", True)):
+        torch._dynamo.reset()
+        counter, module = CompileCounter(), Scaled()
+        compiled = compile_module(module, "default", guards, backend=counter)
+        for batch in (2, 4, 2):
+            assert torch.equal(compiled(torch.ones(batch, 3)), torch.full((batch, 3), 2.0))
+        assert counter.frame_count == 2  # one graph per batch size, both ways
+        module.scale = 3.0
+        expected = torch.full((2, 3), 2.0 if stale else 3.0)
+        assert torch.equal(compiled(torch.ones(2, 3)), expected), guards
+        assert counter.frame_count == (2 if stale else 3)
+    monkeypatch.delenv(COMPILE_GUARDS_ENV, raising=False)
+    assert compile_guards("") == "all" and compile_guards("inputs") == "inputs"
+    monkeypatch.setenv(COMPILE_GUARDS_ENV, "inputs")
+    assert compile_guards("all") == "inputs"
+    monkeypatch.setenv(COMPILE_GUARDS_ENV, "none")
+    with pytest.raises(ValueError, match=COMPILE_GUARDS_ENV):
+        compile_guards("")

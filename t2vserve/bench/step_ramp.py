@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..runners import TorchRunner
+from ..runners import TorchRunner, compile_module
+from ..settings import COMPILE_GUARDS
 from .common import RunnerPipeline, bench_request, environment, load_geometry
 from .inprocess import denoiser_feeds
 
@@ -74,9 +75,11 @@ def profile_rows(call: Callable[[], object], sync: Callable[[], None], calls: in
             for (file, line, name), numbers in entries]
 
 
-def measure(repository: Path, device: str, sizes: tuple[int, ...], precision: str | None = None) -> dict[str, Any]:
+def measure(repository: Path, device: str, sizes: tuple[int, ...], precision: str | None = None,
+            also_guards: str | None = None) -> dict[str, Any]:
     """The denoiser call's timings at the repository's preset size: one compiled size, then ``sizes``, then with guard
-    evaluation cut; and the profile."""
+    evaluation cut; with ``also_guards``, once more compiled anew with those guards (``settings.compile_guards``);
+    and the profile."""
     geometry = load_geometry(repository)
     request = bench_request(geometry, 20, None, precision)
     runners = RunnerPipeline(repository, "torch", device, request.precision)
@@ -92,23 +95,38 @@ def measure(repository: Path, device: str, sizes: tuple[int, ...], precision: st
     def call() -> object:
         return runner.run(feeds)
 
-    results: dict[str, Any] = {"environment": environment(), "size": [request.height, request.width, request.num_frames]}
-    start = time.perf_counter()
-    call()
-    sync()
-    results["first_call_s"] = time.perf_counter() - start  # the compile of one CFG pair's size, from the cache if filled
-    timings = results["timings"] = {"one compiled size": call_timings(call, sync)}
+    def first_call() -> float:  # the compile of one CFG pair's size, from the cache if filled
+        start = time.perf_counter()
+        call()
+        sync()
+        return time.perf_counter() - start
+
+    timings: dict[str, dict[str, float]] = {}
+
+    def timed(name: str) -> None:
+        row = timings[name] = call_timings(call, sync)
+        print(f"{name}: launch {row['launch_ms']:.2f} ms, synchronised {row['synchronised_ms']:.2f} ms, "
+              f"pipelined {row['pipelined_ms']:.2f} ms", flush=True)
+
+    results: dict[str, Any] = {"environment": environment(), "size": [request.height, request.width, request.num_frames],
+                               "compile_guards": runner.guards, "timings": timings}  # T2V_COMPILE_GUARDS
+    results["first_call_s"] = first_call()
+    timed("one compiled size")
     runner.compiled_sizes = tuple(sorted(set(sizes) | {runner.request_batch}))
     results["warm_up_s"] = runner.warm_up()  # the other sizes, as the served entry compiles them before READY
     label = f"compiled sizes {','.join(map(str, runner.compiled_sizes))}"
-    timings[label] = call_timings(call, sync)
+    timed(label)
     with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-        timings[f"{label}, differentiating guards only"] = call_timings(call, sync)
-    timings[f"{label}, again"] = call_timings(call, sync)
+        timed(f"{label}, differentiating guards only")
+    timed(f"{label}, again")
+    if also_guards and also_guards != runner.guards:
+        if runner.module is not None and runner.forward is not runner.module:  # compiled (eager on the CPU: no guards)
+            torch._dynamo.reset()
+            runner.forward = compile_module(runner.module, runner.compile_mode, also_guards)
+        runner.guards = also_guards
+        results["first_call_also_guards_s"] = first_call()
+        timed(f"one compiled size, compile_guards {also_guards}")
     results["profile"] = profile_rows(call, sync)
-    for name, row in timings.items():
-        print(f"{name}: launch {row['launch_ms']:.2f} ms, synchronised {row['synchronised_ms']:.2f} ms, "
-              f"pipelined {row['pipelined_ms']:.2f} ms", flush=True)
     return results
 
 
@@ -120,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="where the full-size model and its repository are built (reused)")
     parser.add_argument("--sizes", default="2,4", help="the compiled batch sizes of the second timing (default 2,4)")
     parser.add_argument("--precision", default=None, help="the denoiser track (default the family's)")
+    parser.add_argument("--also-guards", choices=COMPILE_GUARDS, default=None,
+                        help="time the call once more, compiled anew with these guards (T2V_COMPILE_GUARDS)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -128,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     _, repository = prepare_repository(args.preset, args.device, args.work, "torch", 1, None, tracks)
     if args.device == "cuda":
         torch.cuda.empty_cache()
-    results = {"preset": args.preset, **measure(repository, args.device, sizes, args.precision)}
+    results = {"preset": args.preset, **measure(repository, args.device, sizes, args.precision, args.also_guards)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
