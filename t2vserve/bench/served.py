@@ -104,8 +104,7 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
                 results["warmup_batched_s"] = time.perf_counter() - start
             checkpoint()
             before, log_offset = model_stats(server.grpc_url), log.stat().st_size
-            # a new prompt each time: the text encoder runs as in-process (the conditioning cache would skip it)
-            latencies = [client.generate(replace(request, prompt=f"{request.prompt}, take {i}")).seconds for i in range(args.repeats)]
+            latencies = takes(client, request, "take", args.repeats)
             after = model_stats(server.grpc_url)
             time.sleep(0.5)  # the stubs' last log lines reach the server log
             with log.open(errors="replace") as text:  # the timed requests' stages, as each entry's stub saw them
@@ -113,15 +112,12 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
                 results["stage_ms_per_record"] = parse_stage_lines(text.read())
             # the same clip with the stubs' stage timing off: what a deployment (which runs without it) waits
             timing_switch.unlink()
-            results["served_clip_untimed_s"] = statistics.median(
-                [client.generate(replace(request, prompt=f"{request.prompt}, untimed take {i}")).seconds for i in range(args.repeats)])
-            results["served_clip_mp4_only_untimed_s"] = statistics.median(
-                [client.generate(replace(request, prompt=f"{request.prompt}, untimed mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
+            results["served_clip_untimed_s"] = statistics.median(takes(client, request, "untimed take", args.repeats))
+            results["served_clip_mp4_only_untimed_s"] = statistics.median(takes(client, request, "untimed mp4 take", args.repeats, (MP4,)))
             timing_switch.touch()
             # the frames stay on the server (RETURN_FRAMES false): what a client wanting the MP4 only waits, and postprocess's work then
             mp4_before = model_stats(server.grpc_url)
-            results["served_clip_mp4_only_s"] = statistics.median(
-                [client.generate(replace(request, prompt=f"{request.prompt}, mp4 take {i}"), outputs=(MP4,)).seconds for i in range(args.repeats)])
+            results["served_clip_mp4_only_s"] = statistics.median(takes(client, request, "mp4 take", args.repeats, (MP4,)))
             results["postprocess_phases_mp4_only_ms"] = stats_delta(mp4_before, model_stats(server.grpc_url), args.repeats).get("postprocess")
             # the same frames' H.264 encode in this process (postprocess runs encode_mp4 in its stub: compare its compute)
             video = client.generate(request).video
@@ -168,6 +164,13 @@ def run_served(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     timing_switch.unlink(missing_ok=True)
     print(f"served clip {results['served_clip_s']:.3f} s; scheduler overhead {results['scheduler_overhead_per_step_ms']:.2f} ms/step", flush=True)
     return results
+
+
+def takes(client: T2VClient, request: GenerationRequest, label: str, repeats: int, outputs: tuple[str, ...] | None = None) -> list[float]:
+    """Seconds of ``repeats`` clips, each with a new prompt (``<prompt>, <label> i``: the text encoder runs each time, as
+    in-process; the conditioning cache would skip it); ``outputs``: those only (default the client's)."""
+    kwargs = {} if outputs is None else {"outputs": outputs}
+    return [client.generate(replace(request, prompt=f"{request.prompt}, {label} {i}"), **kwargs).seconds for i in range(repeats)]
 
 
 def barrier_waits(metrics_url: str) -> dict[str, float]:
